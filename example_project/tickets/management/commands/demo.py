@@ -1,0 +1,203 @@
+"""Run one batch end to end: create, submit, poll until done, print every result.
+
+Without ``XAI_BASE_URL`` in the environment the bundled xAI emulator is started on a free
+loopback port, so the demo needs no key and no network.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import ExitStack
+from typing import Any
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from example_project.tickets.models import Ticket
+from raif_batches import create_batch, poll, submit
+from raif_batches.models import ModelCompletionBatch
+
+SYSTEM = (
+    "Classify the support ticket as one of: billing, bug, feature, account, other. "
+    'Answer with JSON: {"label": "..."}.'
+)
+TICKETS = [
+    ("Charged twice this month", "My card shows two charges for the March invoice."),
+    ("App crashes on login", "Since the last update the iOS app closes when I log in."),
+    ("Dark mode please", "Would love a dark theme for the dashboard."),
+    ("Cannot reset password", "The reset email never arrives."),
+    ("Refund request", "I cancelled within the trial; please refund me."),
+    ("Export to CSV broken", "The CSV export is empty for reports over 1,000 rows."),
+    ("Add SSO", "We need SAML single sign-on for our team."),
+    ("Change account owner", "Please transfer ownership to my colleague."),
+    ("Invoice address wrong", "The VAT number on my invoices is outdated."),
+    ("Slow search", "Searching tickets takes over ten seconds."),
+    ("API rate limits", "What are the limits of the public API?"),
+    ("Delete my data", "Please delete my account and all my data."),
+    ("Webhook retries", "Do you retry webhooks that time out?"),
+    ("Typo on pricing page", "It says 'anual' instead of 'annual'."),
+    ("Two-factor lost phone", "I lost my phone and cannot log in with 2FA."),
+    ("Calendar sync", "Please add Google Calendar sync."),
+    ("Plan downgrade", "How do I move to the cheaper plan?"),
+    ("<script>alert('x')</script> in title", "Our ticket title contains HTML, is that safe?"),
+    ("Mobile layout", "The settings page overflows on small screens."),
+    ("Team seats", "Can I add three more seats mid-cycle?"),
+]
+
+
+class Command(BaseCommand):
+    help = "Create a batch of support-ticket classifications, run it, and print the results."
+    # The demo brings its own emulator and key, so it must run before a key is configured.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--timeout", type=float, default=120.0, help="Seconds to wait.")
+
+    def handle(self, *args: Any, timeout: float, **options: Any) -> None:
+        call_command("migrate", verbosity=0, interactive=False)
+        with ExitStack() as stack:
+            self.configure_provider(stack)
+            batch = self.create_demo_batch()
+            self.stdout.write(
+                f"Created batch {batch.pk} with {batch.completions.count()} requests."
+            )
+            report = submit([batch.pk])
+            if not report.ok or not report.submitted:
+                problem = report.fatal or "; ".join(report.errors + report.notes)
+                raise CommandError(f"submission failed: {problem}")
+            batch.refresh_from_db()
+            self.stdout.write(f"Submitted as {batch.provider_batch_id}; polling…")
+            deadline = time.monotonic() + timeout
+            while batch.results_fetched_at is None:
+                if time.monotonic() > deadline:
+                    raise CommandError(f"batch {batch.pk} still {batch.status} after {timeout}s")
+                time.sleep(0.3)
+                report = poll([batch.pk], force=True)
+                if report.fatal:
+                    raise CommandError(report.fatal.one_line)
+                batch.refresh_from_db()
+                counts = batch.request_counts
+                self.stdout.write(
+                    f"  {batch.status}: {counts.get('succeeded', 0)} succeeded, "
+                    f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending"
+                )
+            self.print_table(batch)
+
+    def configure_provider(self, stack: ExitStack) -> None:
+        configured = getattr(settings, "RAIF_BATCHES", {}) or {}
+        if os.environ.get("XAI_BASE_URL") or configured.get("XAI_BASE_URL"):
+            self.stdout.write("Using the xAI API at XAI_BASE_URL.")
+            return
+        from raif_batches.emulator import EmulatorConfig, run_emulator
+
+        emulator = stack.enter_context(
+            run_emulator(api_key="demo-key", config=EmulatorConfig(requests_per_read=8))
+        )
+        settings.RAIF_BATCHES = {
+            **configured,
+            "XAI_BASE_URL": emulator.base_url,
+            "XAI_API_KEY": emulator.api_key,
+        }
+        self.stdout.write(f"Started the bundled xAI emulator at {emulator.base_url}.")
+
+    def create_demo_batch(self) -> ModelCompletionBatch:
+        requests: list[dict[str, Any]] = []
+        for index, (subject, body) in enumerate(TICKETS, start=1):
+            ticket = Ticket.objects.create(subject=subject, body=body)
+            requests.append(
+                {
+                    "custom_id": f"ticket-{index:02d}",
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": f"{subject}\n\n{body}"},
+                    ],
+                    "temperature": 0.2,
+                    "max_tokens": 200,
+                    "response_format": {"type": "json_object"},
+                    "source": ticket,
+                }
+            )
+        # Requests that show the other outcomes: free text, a tool call, provider errors,
+        # and an answer that is not the JSON it was asked for.
+        requests += [
+            {
+                "custom_id": "summary-01",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": "Summarise in one sentence: tickets about billing "
+                        "doubled this week.",
+                    }
+                ],
+            },
+            {
+                "custom_id": "tool-01",
+                "messages": [
+                    {"role": "user", "content": "Look up order 1234 [[emulator:tool-call]]"}
+                ],
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "lookup_order",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"order_id": {"type": "string"}},
+                            },
+                        },
+                    }
+                ],
+            },
+            {
+                "custom_id": "fail-01",
+                "messages": [
+                    {"role": "user", "content": "[[emulator:error Content violates usage policy]]"}
+                ],
+            },
+            {
+                "custom_id": "fail-02",
+                "messages": [
+                    {"role": "user", "content": "[[emulator:error Request timed out upstream]]"}
+                ],
+            },
+            {
+                "custom_id": "badjson-01",
+                "response_format": {"type": "json_object"},
+                "messages": [{"role": "user", "content": "Label this [[emulator:invalid-json]]"}],
+            },
+        ]
+        return create_batch(
+            provider="xai", model="grok-4.3", requests=requests, name="Demo: classify tickets"
+        )
+
+    def print_table(self, batch: ModelCompletionBatch) -> None:
+        rows = [("custom id", "status", "tokens", "cost (USD)", "answer or failure")]
+        for c in batch.completions.order_by("batch_custom_id"):
+            text = c.raw_response if c.status == "completed" else c.failure_reason
+            if c.status == "completed" and c.response_tool_calls:
+                text = f"tool call: {c.response_tool_calls[0]['function']['name']}"
+            rows.append(
+                (
+                    c.batch_custom_id,
+                    c.status,
+                    str(c.total_tokens or "-"),
+                    f"{c.total_cost:.10f}" if c.total_cost is not None else "-",
+                    " ".join((text or "").split())[:60],
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        for number, row in enumerate(rows):
+            line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4]))
+            self.stdout.write(f"{line}  {row[4]}")
+            if number == 0:
+                self.stdout.write("-" * (sum(widths) + 8 + 40))
+        batch.refresh_from_db()
+        done = batch.completions.filter(status="completed").count()
+        failed = batch.completions.filter(status="failed").count()
+        self.stdout.write(
+            f"\nBatch {batch.pk} {batch.status}: {done} completed, {failed} failed; "
+            f"cost ${batch.total_cost or 0:.10f} (prompt ${batch.prompt_token_cost or 0:.10f}, "
+            f"output ${batch.output_token_cost or 0:.10f})."
+        )

@@ -1,0 +1,339 @@
+"""Creating batches: validate every request, then insert everything in one transaction."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.utils.module_loading import import_string
+
+from .exceptions import InvalidBatchRequest
+from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
+from .providers import get_strategy_class
+
+CUSTOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
+#: Keys of a request that are stored in their own columns.
+COLUMN_KEYS = ("temperature", "max_tokens", "response_format", "tools", "tool_choice")
+#: Keys a batch line must not carry: the model is the batch's, streaming is not batchable.
+FORBIDDEN_KEYS = frozenset({"model", "stream", "stream_options"})
+INSERT_CHUNK = 2000
+# The JSON that wraps a body in a line: {"custom_id":…,"method":"POST","url":…,"body":…}.
+LINE_OVERHEAD = 100
+
+
+def create_batch(
+    provider: str = "xai",
+    model: str = "grok-4.3",
+    requests: Iterable[Mapping[str, Any]] = (),
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    handler: str | None = None,
+    retry_of: ModelCompletionBatch | None = None,
+) -> ModelCompletionBatch:
+    """Create a ``pending`` batch with one completion per request, in one transaction.
+
+    Each request is ``{"custom_id": ..., "messages": [...], **chat_completion_parameters}``,
+    optionally with ``"source": <model instance>`` to link the completion to a domain object.
+    Invalid input raises :class:`~raif_batches.exceptions.InvalidBatchRequest` (a
+    ``ValueError``) naming the request and the problem, and creates nothing.
+    """
+    strategy = _validate_batch_args(provider, model, metadata, handler)
+    seen: set[str] = set()
+    total_bytes = 0
+    with transaction.atomic():
+        batch = ModelCompletionBatch.objects.create(
+            provider=provider,
+            model=model,
+            name=name or "",
+            metadata=metadata or {},
+            handler=handler or "",
+            retry_of=retry_of,
+        )
+        chunk: list[ModelCompletion] = []
+        count = 0
+        for index, request in enumerate(requests):
+            completion, line_bytes = _build_completion(batch, model, index, request, seen)
+            count += 1
+            total_bytes += line_bytes
+            if count > strategy.max_requests_per_batch:
+                raise InvalidBatchRequest(
+                    f"more than {strategy.max_requests_per_batch} requests; {provider} accepts at "
+                    "most that many per batch. Use raif_batches.create_batches() to split them."
+                )
+            if line_bytes > strategy.max_line_bytes:
+                raise InvalidBatchRequest(
+                    f"the request line is {line_bytes} bytes; {provider} accepts at most "
+                    f"{strategy.max_line_bytes} bytes per line.",
+                    custom_id=completion.batch_custom_id,
+                )
+            if total_bytes > strategy.max_file_bytes:
+                raise InvalidBatchRequest(
+                    f"the batch file would exceed {strategy.max_file_bytes} bytes. Use "
+                    "raif_batches.create_batches() to split the requests."
+                )
+            chunk.append(completion)
+            if len(chunk) >= INSERT_CHUNK:
+                ModelCompletion.objects.bulk_create(chunk)
+                chunk = []
+        if count == 0:
+            raise InvalidBatchRequest("a batch needs at least one request.")
+        ModelCompletion.objects.bulk_create(chunk)
+        batch.request_counts = {
+            "total": count,
+            "pending": count,
+            "succeeded": 0,
+            "failed": 0,
+            "cancelled": 0,
+        }
+        batch.save(update_fields=["request_counts"])
+    return batch
+
+
+def create_batches(
+    provider: str = "xai",
+    model: str = "grok-4.3",
+    requests: Iterable[Mapping[str, Any]] = (),
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    handler: str | None = None,
+) -> list[ModelCompletionBatch]:
+    """Like :func:`create_batch`, but splits requests beyond the provider's limits (lines per
+    file, bytes per file) into as many batches as needed, all created in one transaction.
+
+    Custom ids must be unique across the whole set, so that a result maps back to one request.
+    """
+    strategy = _validate_batch_args(provider, model, metadata, handler)
+    batches: list[ModelCompletionBatch] = []
+    seen: set[str] = set()
+    with transaction.atomic():
+        for part, chunk in enumerate(_split(requests, strategy, model, seen), start=1):
+            label = f"{name} ({part})" if name else ""
+            batches.append(
+                create_batch(provider, model, chunk, name=label, metadata=metadata, handler=handler)
+            )
+    if not batches:
+        raise InvalidBatchRequest("a batch needs at least one request.")
+    return batches
+
+
+def _split(
+    requests: Iterable[Mapping[str, Any]], strategy: Any, model: str, seen: set[str]
+) -> Iterator[list[Mapping[str, Any]]]:
+    chunk: list[Mapping[str, Any]] = []
+    size = 0
+    for index, request in enumerate(requests):
+        if not isinstance(request, Mapping):
+            raise InvalidBatchRequest("each request must be a dict.", index=index)
+        custom_id = request.get("custom_id")
+        if isinstance(custom_id, str):
+            if custom_id in seen:
+                raise InvalidBatchRequest("custom_id is not unique.", custom_id=custom_id)
+            seen.add(custom_id)
+        line = _line_size(model, request)
+        if chunk and (
+            len(chunk) >= strategy.max_requests_per_batch or size + line > strategy.max_file_bytes
+        ):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(request)
+        size += line
+    if chunk:
+        yield chunk
+
+
+def retry_failed(batch: ModelCompletionBatch, *, name: str | None = None) -> ModelCompletionBatch:
+    """A new pending batch with the requests of ``batch``'s failed completions, linked to it.
+
+    Custom ids and sources are kept, so results map back to the same domain objects.
+    """
+    failed = batch.completions.filter(status=CompletionStatus.FAILED).order_by("pk")
+    if not failed.exists():
+        raise InvalidBatchRequest(f"Batch {batch.pk} has no failed completions to retry.")
+
+    def requests() -> Iterator[dict[str, Any]]:
+        for completion in failed.iterator(chunk_size=INSERT_CHUNK):
+            request: dict[str, Any] = {
+                "custom_id": completion.batch_custom_id,
+                "messages": completion.messages,
+                **(completion.extra_body or {}),
+            }
+            for key in COLUMN_KEYS:
+                value = getattr(completion, key)
+                if value is not None:
+                    request[key] = value
+            if completion.source_content_type_id and completion.source_object_id:
+                request["_source_ref"] = (
+                    completion.source_content_type_id,
+                    completion.source_object_id,
+                )
+            yield request
+
+    return create_batch(
+        batch.provider,
+        batch.model,
+        requests(),
+        name=name or f"Retry of {batch.name or batch.provider_batch_name}",
+        metadata={**(batch.metadata or {}), "retry_of": batch.pk},
+        handler=batch.handler or None,
+        retry_of=batch,
+    )
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _validate_batch_args(provider: str, model: str, metadata: Any, handler: str | None) -> Any:
+    try:
+        strategy = get_strategy_class(provider)
+    except ValueError as error:
+        raise InvalidBatchRequest(str(error)) from error
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidBatchRequest("model must be a non-empty string such as 'grok-4.3'.")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise InvalidBatchRequest("metadata must be a dict.")
+    if handler:
+        try:
+            target = import_string(handler)
+        except ImportError as error:
+            raise InvalidBatchRequest(f"handler {handler!r} cannot be imported: {error}") from error
+        if not callable(target):
+            raise InvalidBatchRequest(f"handler {handler!r} is not callable.")
+    return strategy
+
+
+def _build_completion(
+    batch: ModelCompletionBatch,
+    model: str,
+    index: int,
+    request: Mapping[str, Any],
+    seen: set[str],
+) -> tuple[ModelCompletion, int]:
+    if not isinstance(request, Mapping):
+        raise InvalidBatchRequest("each request must be a dict.", index=index)
+    custom_id = request.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise InvalidBatchRequest("custom_id is required and must be a string.", index=index)
+    if not CUSTOM_ID_PATTERN.match(custom_id):
+        raise InvalidBatchRequest(
+            "custom_id must be 1-64 characters of letters, digits and _ . : - "
+            "(starting with a letter or digit).",
+            custom_id=custom_id[:80],
+        )
+    if custom_id in seen:
+        raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
+    seen.add(custom_id)
+
+    def fail(problem: str) -> InvalidBatchRequest:
+        return InvalidBatchRequest(problem, custom_id=custom_id)
+
+    forbidden = FORBIDDEN_KEYS & set(request)
+    if forbidden:
+        raise fail(
+            f"{', '.join(sorted(forbidden))} cannot be set per request (the model is the "
+            "batch's; batches do not stream)."
+        )
+    _validate_messages(request.get("messages"), fail)
+    temperature = request.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature <= 2
+    ):
+        raise fail("temperature must be a number between 0 and 2.")
+    max_tokens = request.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise fail("max_tokens must be a positive integer.")
+    response_format = request.get("response_format")
+    if response_format is not None and (
+        not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS
+    ):
+        raise fail(
+            "response_format must be a dict whose type is one of "
+            f"{', '.join(sorted(RESPONSE_FORMATS))}."
+        )
+    tools = request.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise fail("tools must be a list.")
+
+    source = request.get("source")
+    source_ref = request.get("_source_ref")
+    content_type_id: int | None = None
+    object_id = ""
+    if source is not None:
+        if not isinstance(source, models.Model) or source.pk is None:
+            raise fail("source must be a saved model instance.")
+        content_type_id = ContentType.objects.get_for_model(source).pk
+        object_id = str(source.pk)
+    elif source_ref is not None:
+        content_type_id, object_id = source_ref
+
+    extra = {
+        key: value
+        for key, value in request.items()
+        if key not in {"custom_id", "messages", "source", "_source_ref", *COLUMN_KEYS}
+    }
+    completion = ModelCompletion(
+        batch=batch,
+        batch_custom_id=custom_id,
+        messages=request["messages"],
+        temperature=temperature,
+        max_tokens=max_tokens,
+        response_format=response_format,
+        tools=tools,
+        tool_choice=request.get("tool_choice"),
+        extra_body=extra,
+        source_content_type_id=content_type_id,
+        source_object_id=object_id,
+    )
+    try:
+        line_bytes = (
+            len(json.dumps(completion.request_body(model), ensure_ascii=False).encode())
+            + LINE_OVERHEAD
+            + len(custom_id)
+        )
+    except (TypeError, ValueError) as error:
+        raise fail(f"the request is not JSON-serialisable: {error}") from error
+    return completion, line_bytes
+
+
+def _line_size(model: str, request: Mapping[str, Any]) -> int:
+    body = {k: v for k, v in request.items() if k not in {"source", "_source_ref"}}
+    try:
+        return len(json.dumps({**body, "model": model}, ensure_ascii=False).encode()) + (
+            LINE_OVERHEAD
+        )
+    except (TypeError, ValueError) as error:
+        raise InvalidBatchRequest(
+            f"the request is not JSON-serialisable: {error}",
+            custom_id=str(request.get("custom_id")),
+        ) from error
+
+
+def _validate_messages(messages: Any, fail: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise fail("messages must be a non-empty list of {role, content} dicts.")
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise fail(f"messages[{position}] must be a dict with role and content.")
+        role = message.get("role")
+        if role not in ROLES:
+            raise fail(
+                f"messages[{position}].role is {role!r}; expected one of "
+                f"{', '.join(sorted(ROLES))}."
+            )
+        content = message.get("content")
+        if content is None and role == "assistant" and message.get("tool_calls"):
+            continue
+        if isinstance(content, str):
+            continue
+        if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
+            continue  # multimodal parts
+        raise fail(f"messages[{position}].content must be a string or a list of content parts.")

@@ -1,0 +1,110 @@
+"""The one settings lookup: ``RAIF_BATCHES[name]`` → environment (for the two xAI keys) → default.
+
+Every value is read at call time, so ``override_settings`` and pytest-django's ``settings``
+fixture take effect at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import environ
+from django.conf import settings
+
+from .exceptions import BatchConfigurationError
+
+_env = environ.Env()
+
+#: Names that fall back to an environment variable of the same name.
+ENVIRONMENT_FALLBACK = ("XAI_API_KEY", "XAI_BASE_URL")
+
+DEFAULTS: dict[str, Any] = {
+    "XAI_API_KEY": None,
+    "XAI_BASE_URL": "https://api.x.ai/v1",
+    # Seconds: (connect, read) for each HTTP call.
+    "REQUEST_TIMEOUT": (10.0, 60.0),
+    # Retries of idempotent calls on timeouts, dropped connections, 5xx and 429.
+    "RETRY": {
+        "MAX_ATTEMPTS": 6,
+        "BACKOFF_BASE": 0.5,
+        "BACKOFF_MAX": 30.0,
+        "MAX_TOTAL_SECONDS": 120.0,
+    },
+    # Seconds between two status reads of an in-flight batch.
+    "POLL_INTERVAL": 60.0,
+    # Seconds a poller owns a claimed batch before another may take it over.
+    "LEASE_SECONDS": 300.0,
+    # Parallel HTTP status reads in one poll_batches run.
+    "POLL_CONCURRENCY": 16,
+    # Seconds after which an unfinished batch is cancelled and its unfinished requests expired.
+    "MAX_BATCH_AGE": 2 * 24 * 3600.0,
+    # Seconds a cancelled batch's counts must stay unchanged before they are trusted.
+    "CANCEL_GRACE_SECONDS": 120.0,
+    # Seconds to wait after an unanswered batch create before looking for the batch by name.
+    "RECONCILE_AFTER_SECONDS": 30.0,
+    # Results fetched per page (xAI allows up to 1000).
+    "RESULTS_PAGE_SIZE": 1000,
+    # Per-model prices; see raif_batches.pricing for the shape and the defaults.
+    "PRICING": {},
+    # Provider key -> dotted path of a BatchStrategy subclass, merged over the built-ins.
+    "PROVIDERS": {},
+    # Attempts at a batch's completion handler before it is given up.
+    "HANDLER_MAX_ATTEMPTS": 5,
+}
+
+
+def get_setting(name: str) -> Any:
+    """Return a raif_batches setting, with the documented precedence."""
+    if name not in DEFAULTS:
+        raise KeyError(f"Unknown raif_batches setting {name!r}")
+    configured = getattr(settings, "RAIF_BATCHES", None) or {}
+    if not isinstance(configured, dict):
+        raise BatchConfigurationError(
+            f"settings.RAIF_BATCHES must be a dict, not {type(configured).__name__}."
+        )
+    if name in configured:
+        value = configured[name]
+    elif name in ENVIRONMENT_FALLBACK and _env.str(name, default=""):
+        value = _env.str(name)
+    else:
+        value = DEFAULTS[name]
+    if isinstance(DEFAULTS[name], dict) and isinstance(value, dict):
+        value = {**DEFAULTS[name], **value}
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    max_total_seconds: float
+
+    @classmethod
+    def from_settings(cls) -> RetryPolicy:
+        raw = get_setting("RETRY")
+        return cls(
+            max_attempts=int(raw["MAX_ATTEMPTS"]),
+            backoff_base=float(raw["BACKOFF_BASE"]),
+            backoff_max=float(raw["BACKOFF_MAX"]),
+            max_total_seconds=float(raw["MAX_TOTAL_SECONDS"]),
+        )
+
+
+def request_timeout() -> tuple[float, float]:
+    value = get_setting("REQUEST_TIMEOUT")
+    if isinstance(value, int | float):
+        return (float(value), float(value))
+    connect, read = value
+    return (float(connect), float(read))
+
+
+def api_key(provider: str = "xai") -> str:
+    key = get_setting("XAI_API_KEY")
+    if not key:
+        raise BatchConfigurationError(
+            "No xAI API key: set RAIF_BATCHES['XAI_API_KEY'] or the XAI_API_KEY environment "
+            "variable."
+        )
+    return str(key)

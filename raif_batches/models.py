@@ -1,0 +1,299 @@
+"""The two tables: one row per provider batch, one row per request line and its result."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+def _cost_field() -> models.DecimalField:
+    # USD to 1e-10, the size of one xAI tick; 10 integer digits is ten billion dollars.
+    return models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+
+
+def empty_counts() -> dict[str, int]:
+    return {"total": 0, "pending": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+
+
+def new_provider_batch_name() -> str:
+    return f"raif_batch_{uuid.uuid4().hex}"
+
+
+class BatchStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUBMITTING = "submitting", "Submitting"
+    SUBMITTED = "submitted", "Submitted"
+    IN_PROGRESS = "in_progress", "In progress"
+    CANCELLING = "cancelling", "Cancelling"
+    ENDED = "ended", "Ended"
+    CANCELED = "canceled", "Canceled"
+    EXPIRED = "expired", "Expired"
+    FAILED = "failed", "Failed"
+
+
+TERMINAL_STATUSES = frozenset(
+    {BatchStatus.ENDED, BatchStatus.CANCELED, BatchStatus.EXPIRED, BatchStatus.FAILED}
+)
+#: Statuses that a poller refreshes from the provider.
+IN_FLIGHT_STATUSES = frozenset(
+    {BatchStatus.SUBMITTED, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING}
+)
+
+
+class CompletionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
+    def terminal(self) -> ModelCompletionBatchQuerySet:
+        return self.filter(status__in=TERMINAL_STATUSES)
+
+    def not_terminal(self) -> ModelCompletionBatchQuerySet:
+        return self.exclude(status__in=TERMINAL_STATUSES)
+
+    def unclaimed(self, now: Any = None) -> ModelCompletionBatchQuerySet:
+        now = now or timezone.now()
+        return self.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+
+    def due_for_poll(self, now: Any = None) -> ModelCompletionBatchQuerySet:
+        """In-flight batches whose next status read is due, plus interrupted submissions."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(status__in=IN_FLIGHT_STATUSES, next_poll_at__lte=now)
+            | Q(status__in=IN_FLIGHT_STATUSES, next_poll_at__isnull=True)
+            | Q(status=BatchStatus.SUBMITTING)
+        )
+
+    def awaiting_harvest(self) -> ModelCompletionBatchQuerySet:
+        """Terminal batches whose results have not been fetched yet."""
+        return self.filter(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True)
+
+    def awaiting_handler(self) -> ModelCompletionBatchQuerySet:
+        return self.filter(
+            results_fetched_at__isnull=False,
+            handler_called_at__isnull=True,
+            handler_gave_up=False,
+        ).exclude(handler="")
+
+
+class ModelCompletionBatch(models.Model):
+    """One batch at one provider, and everything the provider said about it."""
+
+    Status = BatchStatus
+
+    provider = models.CharField(max_length=32, default="xai", db_index=True)
+    model = models.CharField(max_length=128, help_text="Provider model name, e.g. grok-4.3.")
+    name = models.CharField(max_length=255, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    status = models.CharField(
+        max_length=16, choices=BatchStatus.choices, default=BatchStatus.PENDING
+    )
+    provider_batch_name = models.CharField(
+        max_length=64,
+        unique=True,
+        default=new_provider_batch_name,
+        editable=False,
+        help_text="Name given to the provider batch; unique, so a lost create can be found again.",
+    )
+    provider_batch_id = models.CharField(max_length=128, blank=True, default="")
+    input_file_id = models.CharField(max_length=128, blank=True, default="")
+    provider_response = models.JSONField(null=True, blank=True)
+    request_counts = models.JSONField(default=empty_counts)
+
+    failure_error = models.CharField(max_length=255, blank=True, default="")
+    failure_reason = models.TextField(blank=True, default="")
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    results_fetched_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    # Crash-safe submission: when the create call was last sent (its answer may be lost).
+    create_attempted_at = models.DateTimeField(null=True, blank=True)
+    # Cancellation: who asked and when; the counts are trusted only after a grace period.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_reason = models.CharField(max_length=32, blank=True, default="")
+    counts_changed_at = models.DateTimeField(null=True, blank=True)
+
+    # A poller's lease on the batch: work is claimed in a short transaction, done unlocked.
+    claimed_by = models.CharField(max_length=64, blank=True, default="")
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    # Completion handler: dotted path called once after the results are stored.
+    handler = models.CharField(max_length=255, blank=True, default="")
+    handler_attempts = models.PositiveIntegerField(default=0)
+    handler_called_at = models.DateTimeField(null=True, blank=True)
+    handler_gave_up = models.BooleanField(default=False)
+    handler_error = models.TextField(blank=True, default="")
+
+    retry_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="retries",
+        help_text="The batch whose failed requests this batch retries.",
+    )
+
+    prompt_token_cost = _cost_field()
+    output_token_cost = _cost_field()
+    total_cost = _cost_field()
+
+    objects: ClassVar[ModelCompletionBatchQuerySet] = ModelCompletionBatchQuerySet.as_manager()  # type: ignore[assignment]
+
+    class Meta:
+        verbose_name = "model completion batch"
+        verbose_name_plural = "model completion batches"
+        ordering = ("-created_at", "-pk")
+        permissions = (
+            ("submit_modelcompletionbatch", "Can submit batches to the provider"),
+            ("poll_modelcompletionbatch", "Can poll batches at the provider"),
+            ("cancel_modelcompletionbatch", "Can cancel batches at the provider"),
+            ("harvest_modelcompletionbatch", "Can fetch batch results"),
+            ("retry_modelcompletionbatch", "Can retry the failed requests of a batch"),
+            ("export_modelcompletionbatch", "Can export batch results"),
+        )
+        indexes = (
+            models.Index(fields=("status", "next_poll_at"), name="raif_batch_status_poll"),
+            models.Index(fields=("provider_batch_id",), name="raif_batch_provider_id"),
+            models.Index(
+                fields=("status",),
+                condition=Q(results_fetched_at__isnull=True),
+                name="raif_batch_unharvested",
+            ),
+        )
+
+    def __str__(self) -> str:
+        label = self.name or self.provider_batch_name
+        return f"{label} ({self.provider}/{self.model}, {self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def age(self) -> timedelta:
+        return timezone.now() - self.created_at
+
+    def get_strategy(self) -> Any:
+        from .providers import get_strategy
+
+        return get_strategy(self.provider)
+
+    # Driving a batch from code. Each method takes its own locks; none may be called while a
+    # transaction holds this batch's row.
+    def submit(self) -> ModelCompletionBatch:
+        return self.get_strategy().submit(self)
+
+    def refresh_status(self) -> ModelCompletionBatch:
+        return self.get_strategy().fetch_status(self)
+
+    def cancel(self, reason: str = "requested") -> ModelCompletionBatch:
+        return self.get_strategy().cancel(self, reason=reason)
+
+    def fetch_results(self) -> int:
+        return self.get_strategy().fetch_results(self)
+
+
+class ModelCompletion(models.Model):
+    """One request line of a batch and, once known, its result."""
+
+    Status = CompletionStatus
+
+    batch = models.ForeignKey(
+        ModelCompletionBatch, on_delete=models.CASCADE, related_name="completions"
+    )
+    batch_custom_id = models.CharField(max_length=64)
+
+    # The request, kept so that the exact body can be rebuilt.
+    messages = models.JSONField()
+    temperature = models.FloatField(null=True, blank=True)
+    max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    response_format = models.JSONField(null=True, blank=True)
+    tools = models.JSONField(null=True, blank=True)
+    tool_choice = models.JSONField(null=True, blank=True)
+    extra_body = models.JSONField(
+        default=dict, blank=True, help_text="Other chat-completion parameters (top_p, seed, …)."
+    )
+
+    status = models.CharField(
+        max_length=16, choices=CompletionStatus.choices, default=CompletionStatus.PENDING
+    )
+    raw_response = models.TextField(blank=True, default="", help_text="The assistant's text.")
+    response_payload = models.JSONField(
+        null=True, blank=True, help_text="The provider's full completion payload."
+    )
+    response_tool_calls = models.JSONField(null=True, blank=True)
+    response_json = models.JSONField(
+        null=True, blank=True, help_text="The answer parsed as JSON, for structured output."
+    )
+    finish_reason = models.CharField(max_length=32, blank=True, default="")
+
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    prompt_token_cost = _cost_field()
+    output_token_cost = _cost_field()
+    total_cost = _cost_field()
+
+    failure_error = models.CharField(max_length=255, blank=True, default="")
+    failure_reason = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+
+    source_content_type = models.ForeignKey(
+        ContentType, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source_object_id = models.CharField(max_length=64, blank=True, default="")
+    source = GenericForeignKey("source_content_type", "source_object_id")
+
+    class Meta:
+        verbose_name = "model completion"
+        ordering = ("batch_id", "pk")
+        constraints = (
+            models.UniqueConstraint(
+                fields=("batch", "batch_custom_id"), name="raif_completion_unique_custom_id"
+            ),
+        )
+        indexes = (
+            models.Index(fields=("batch", "status"), name="raif_completion_batch_status"),
+            models.Index(
+                fields=("source_content_type", "source_object_id"), name="raif_completion_source"
+            ),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.batch_custom_id} ({self.status})"
+
+    def request_body(self, model: str) -> dict[str, Any]:
+        """The chat-completions body this line sends, rebuilt from the stored fields."""
+        body: dict[str, Any] = {"model": model, "messages": self.messages}
+        for key in ("temperature", "max_tokens", "response_format", "tools", "tool_choice"):
+            value = getattr(self, key)
+            if value is not None:
+                body[key] = value
+        body.update(self.extra_body or {})
+        return body
+
+    @property
+    def cost(self) -> Decimal | None:
+        return self.total_cost

@@ -1,0 +1,358 @@
+"""Driving many batches: which are due, claiming them, running their strategies.
+
+Workers claim batches in a short transaction with ``select_for_update(skip_locked=True)`` and
+a lease (``claimed_by``/``claimed_until``), commit, and only then talk to the provider. Any
+number of cron hosts may run these functions at once; a worker that dies loses its claims when
+the lease runs out. Status reads are sent concurrently (HTTP only, in threads); all database
+work stays on the calling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+from django.utils.module_loading import import_string
+
+from .conf import get_setting
+from .exceptions import (
+    AmbiguousSubmission,
+    BatchStateError,
+    InvalidBatchRequest,
+    ProviderAuthenticationError,
+    ProviderError,
+)
+from .models import (
+    IN_FLIGHT_STATUSES,
+    BatchStatus,
+    ModelCompletionBatch,
+)
+from .providers import get_strategy
+from .providers.base import WORKER_ID, BatchBusy, BatchSnapshot, BatchStrategy
+
+logger = logging.getLogger("raif_batches")
+
+
+@dataclass
+class RunReport:
+    """What one run did, for the command's output and for callers."""
+
+    claimed: int = 0
+    submitted: list[int] = field(default_factory=list)
+    refreshed: int = 0
+    cancelled_for_age: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
+    results_applied: int = 0
+    handlers_called: int = 0
+    skipped_busy: int = 0
+    notes: list[str] = field(default_factory=list)  # conditions that resolve on a later run
+    errors: list[str] = field(default_factory=list)  # what makes the command exit non-zero
+    fatal: ProviderError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.fatal is None
+
+    def error(self, batch: ModelCompletionBatch | None, error: Exception) -> None:
+        text = error.one_line if isinstance(error, ProviderError) else str(error)
+        self.errors.append(f"batch {batch.pk}: {text}" if batch is not None else text)
+
+
+class _Strategies(dict[str, BatchStrategy]):
+    """One strategy (and so one HTTP session) per provider for the whole run."""
+
+    def __missing__(self, provider: str) -> BatchStrategy:
+        strategy = get_strategy(provider)
+        self[provider] = strategy
+        return strategy
+
+
+# --- claiming -------------------------------------------------------------------------------
+
+
+def claim_batches(
+    queryset: QuerySet[ModelCompletionBatch],
+    *,
+    limit: int | None = None,
+    worker: str = WORKER_ID,
+    now: datetime | None = None,
+) -> list[ModelCompletionBatch]:
+    """Take a lease on up to ``limit`` unclaimed batches of ``queryset``, skipping locked rows."""
+    now = now or timezone.now()
+    lease = timedelta(seconds=float(get_setting("LEASE_SECONDS")))
+    skip_locked = connection.features.has_select_for_update_skip_locked
+    with transaction.atomic():
+        candidates = (
+            queryset.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+            .order_by(F("next_poll_at").asc(nulls_first=True), "pk")
+            .select_for_update(skip_locked=skip_locked)
+        )
+        if limit:
+            candidates = candidates[:limit]
+        ids = list(candidates.values_list("pk", flat=True))
+        if ids:
+            ModelCompletionBatch.objects.filter(pk__in=ids).update(
+                claimed_by=worker, claimed_until=now + lease
+            )
+    return list(ModelCompletionBatch.objects.filter(pk__in=ids).order_by("pk"))
+
+
+def release_all(batches: Iterable[ModelCompletionBatch], worker: str = WORKER_ID) -> None:
+    ids = [batch.pk for batch in batches]
+    if ids:
+        ModelCompletionBatch.objects.filter(pk__in=ids, claimed_by=worker).update(
+            claimed_by="", claimed_until=None
+        )
+
+
+def _restrict(
+    queryset: QuerySet[ModelCompletionBatch], batch_ids: Sequence[int] | None
+) -> QuerySet[ModelCompletionBatch]:
+    return queryset.filter(pk__in=batch_ids) if batch_ids else queryset
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+def submit(
+    batch_ids: Sequence[int] | None = None,
+    *,
+    limit: int | None = None,
+    worker: str = WORKER_ID,
+) -> RunReport:
+    """Submit pending batches, and resume submissions that were interrupted."""
+    report = RunReport()
+    strategies = _Strategies()
+    queryset = _restrict(
+        ModelCompletionBatch.objects.filter(
+            status__in=(BatchStatus.PENDING, BatchStatus.SUBMITTING)
+        ),
+        batch_ids,
+    )
+    claimed = claim_batches(queryset, limit=limit, worker=worker)
+    report.claimed = len(claimed)
+    try:
+        for batch in claimed:
+            if report.fatal:
+                break
+            _submit_one(strategies[batch.provider], batch, worker, report)
+    finally:
+        release_all(claimed, worker)
+    return report
+
+
+def _submit_one(
+    strategy: BatchStrategy, batch: ModelCompletionBatch, worker: str, report: RunReport
+) -> None:
+    try:
+        result = strategy.submit(batch, worker=worker)
+    except BatchBusy:
+        report.skipped_busy += 1
+    except AmbiguousSubmission as error:
+        report.notes.append(
+            f"batch {batch.pk}: {error.one_line} (it will be looked up by name on the next run)"
+        )
+    except ProviderAuthenticationError as error:
+        report.fatal = error
+    except (ProviderError, BatchStateError, InvalidBatchRequest) as error:
+        report.error(batch, error)
+    else:
+        if result.provider_batch_id:
+            report.submitted.append(result.pk)
+        else:
+            report.notes.append(f"batch {batch.pk}: submission awaits reconciliation")
+
+
+# --- poll -----------------------------------------------------------------------------------
+
+
+def poll(
+    batch_ids: Sequence[int] | None = None,
+    *,
+    force: bool = False,
+    limit: int | None = None,
+    worker: str = WORKER_ID,
+) -> RunReport:
+    """Refresh due batches, cancel those past their age, harvest the terminal ones, once."""
+    now = timezone.now()
+    report = RunReport()
+    strategies = _Strategies()
+    if force:
+        due = Q(status__in=IN_FLIGHT_STATUSES) | Q(status=BatchStatus.SUBMITTING)
+        queryset = ModelCompletionBatch.objects.filter(due)
+    else:
+        queryset = ModelCompletionBatch.objects.due_for_poll(now)
+    work = queryset | ModelCompletionBatch.objects.awaiting_harvest()
+    work = work | ModelCompletionBatch.objects.awaiting_handler()
+    claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker, now=now)
+    report.claimed = len(claimed)
+    try:
+        _drive(claimed, strategies, worker, report)
+    finally:
+        release_all(claimed, worker)
+    return report
+
+
+def _drive(
+    claimed: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    worker: str,
+    report: RunReport,
+) -> None:
+    max_age = timedelta(seconds=float(get_setting("MAX_BATCH_AGE")))
+    now = timezone.now()
+    to_read: list[ModelCompletionBatch] = []
+    for batch in claimed:
+        if report.fatal:
+            return
+        if batch.status == BatchStatus.SUBMITTING:
+            _submit_one(strategies[batch.provider], batch, worker, report)
+        elif batch.status in IN_FLIGHT_STATUSES:
+            if batch.cancel_requested_at is None and now - batch.created_at > max_age:
+                try:
+                    strategies[batch.provider].cancel(batch, reason="deadline")
+                    report.cancelled_for_age.append(batch.pk)
+                except ProviderAuthenticationError as error:
+                    report.fatal = error
+                except (ProviderError, BatchStateError) as error:
+                    report.error(batch, error)
+            else:
+                to_read.append(batch)
+    _refresh_concurrently(to_read, strategies, report)
+    if report.fatal:
+        return
+    ids = [batch.pk for batch in claimed]
+    for batch in ModelCompletionBatch.objects.awaiting_harvest().filter(pk__in=ids):
+        _harvest_one(strategies[batch.provider], batch, report)
+        if report.fatal:
+            return
+    for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
+        if run_handler(batch):
+            report.handlers_called += 1
+
+
+def _refresh_concurrently(
+    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
+) -> None:
+    """Read every batch's status over HTTP in parallel, then store each under its row lock."""
+    if not batches:
+        return
+    for batch in batches:
+        _ = strategies[batch.provider]  # build clients before the threads share them
+
+    def read(batch: ModelCompletionBatch) -> BatchSnapshot | Exception:
+        try:
+            return strategies[batch.provider].get_provider_batch(batch.provider_batch_id)
+        except Exception as error:  # reported below, on the calling thread
+            return error
+
+    workers = min(int(get_setting("POLL_CONCURRENCY")), len(batches))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
+        snapshots = list(pool.map(read, batches))
+    for batch, snapshot in zip(batches, snapshots, strict=True):
+        if isinstance(snapshot, ProviderAuthenticationError):
+            _note_on_batch(batch, snapshot)
+            report.fatal = snapshot
+            return
+        if isinstance(snapshot, ProviderError):
+            _note_on_batch(batch, snapshot)
+            report.error(batch, snapshot)
+            continue
+        if isinstance(snapshot, Exception):
+            raise snapshot
+        strategies[batch.provider].apply_snapshot(batch.pk, snapshot)
+        report.refreshed += 1
+
+
+def _note_on_batch(batch: ModelCompletionBatch, error: ProviderError) -> None:
+    """Show why a batch is not moving, without changing its status."""
+    ModelCompletionBatch.objects.filter(pk=batch.pk, results_fetched_at__isnull=True).update(
+        failure_error=error.kind[:255], failure_reason=str(error)
+    )
+
+
+# --- harvest --------------------------------------------------------------------------------
+
+
+def harvest(
+    batch_ids: Sequence[int] | None = None,
+    *,
+    limit: int | None = None,
+    worker: str = WORKER_ID,
+) -> RunReport:
+    """Fetch the results of terminal batches whose results are not fetched yet."""
+    report = RunReport()
+    strategies = _Strategies()
+    queryset = _restrict(ModelCompletionBatch.objects.awaiting_harvest(), batch_ids)
+    claimed = claim_batches(queryset, limit=limit, worker=worker)
+    report.claimed = len(claimed)
+    try:
+        for batch in claimed:
+            _harvest_one(strategies[batch.provider], batch, report)
+            if report.fatal:
+                break
+            if run_handler(batch):
+                report.handlers_called += 1
+    finally:
+        release_all(claimed, worker)
+    return report
+
+
+def _harvest_one(strategy: BatchStrategy, batch: ModelCompletionBatch, report: RunReport) -> None:
+    try:
+        report.results_applied += strategy.fetch_results(batch)
+        report.finished.append(batch.pk)
+    except ProviderAuthenticationError as error:
+        report.fatal = error
+    except (ProviderError, BatchStateError) as error:
+        report.error(batch, error)
+
+
+# --- completion handlers --------------------------------------------------------------------
+
+
+def run_handler(batch: ModelCompletionBatch) -> bool:
+    """Call the batch's handler once its results are stored; True when it succeeded now.
+
+    Called outside any lock or transaction. A handler that raises is recorded on the batch and
+    tried again on a later run, up to ``HANDLER_MAX_ATTEMPTS``; after a success it is never
+    called again. (Should the process die between the handler's return and the record of its
+    success, the handler runs again: make it idempotent.)
+    """
+    if not batch.handler:
+        return False
+    max_attempts = int(get_setting("HANDLER_MAX_ATTEMPTS"))
+    with transaction.atomic():
+        locked = BatchStrategy.lock(batch.pk)
+        if (
+            locked.results_fetched_at is None
+            or locked.handler_called_at is not None
+            or locked.handler_gave_up
+        ):
+            return False
+        locked.handler_attempts += 1
+        locked.save(update_fields=["handler_attempts"])
+    try:
+        function: Any = import_string(locked.handler)
+        function(locked)
+    except Exception as error:
+        logger.exception("Handler %s of batch %s failed", locked.handler, locked.pk)
+        with transaction.atomic():
+            failed = BatchStrategy.lock(batch.pk)
+            failed.handler_error = f"{type(error).__name__}: {error}"[:2000]
+            failed.handler_gave_up = failed.handler_attempts >= max_attempts
+            failed.save(update_fields=["handler_error", "handler_gave_up"])
+        return False
+    with transaction.atomic():
+        done = BatchStrategy.lock(batch.pk)
+        done.handler_called_at = timezone.now()
+        done.handler_error = ""
+        done.save(update_fields=["handler_called_at", "handler_error"])
+    return True

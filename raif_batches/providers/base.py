@@ -1,0 +1,699 @@
+"""The provider-agnostic life of a batch: submit, read status, cancel, fetch and apply results.
+
+:class:`BatchStrategy` owns the flow and every state change; a provider module overrides only
+the wire hooks (build a line, upload, create, find, get, cancel, page through results, parse a
+completion). The rules it keeps:
+
+* every change to a batch happens in ``transaction.atomic()`` on the row taken with
+  ``select_for_update()``, and no transaction is open across an HTTP call;
+* the create call is sent at most once per claim and never retried blindly: a batch whose create
+  went unanswered stays ``submitting`` and is later reconciled by its unique name;
+* :func:`next_status` is the one place that decides a batch's next status;
+* a result is applied only to a completion that is still pending, so applying a page twice
+  changes nothing, and results are fetched whatever the batch's end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from .. import signals
+from ..bulk import update_from_values
+from ..conf import get_setting
+from ..exceptions import (
+    AmbiguousSubmission,
+    BatchStateError,
+    ProviderAuthenticationError,
+    ProviderError,
+    ProviderNotFound,
+)
+from ..models import (
+    TERMINAL_STATUSES,
+    BatchStatus,
+    CompletionStatus,
+    ModelCompletion,
+    ModelCompletionBatch,
+)
+from ..pricing import completion_cost
+
+logger = logging.getLogger("raif_batches")
+
+#: Identifies this process in leases; threads of one process share it (only one does DB work).
+WORKER_ID = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+FAILURE_TEXT_LIMIT = 255
+STRUCTURED_FORMATS = frozenset({"json_object", "json_schema"})
+
+# Columns written when a result is applied (same set for success and failure).
+RESULT_FIELDS = (
+    "status",
+    "raw_response",
+    "response_payload",
+    "response_tool_calls",
+    "response_json",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "prompt_token_cost",
+    "output_token_cost",
+    "total_cost",
+    "failure_error",
+    "failure_reason",
+    "completed_at",
+    "failed_at",
+)
+
+
+class BatchBusy(BatchStateError):
+    """Another worker holds this batch's lease."""
+
+
+# --- Normalised snapshots: what any provider says, in one shape ---------------------------
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    """What the provider said about a batch, normalised, with the raw payload beside it."""
+
+    provider_batch_id: str
+    name: str = ""
+    counts: dict[str, int] | None = None  # {"total","pending","succeeded","failed","cancelled"}
+    rejection: str | None = None  # the provider refused or killed the batch, with this message
+    cancelled_at: datetime | None = None
+    expires_at: datetime | None = None
+    input_file_id: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParsedCompletion:
+    """A chat completion, as parsed from the provider's payload."""
+
+    text: str
+    tool_calls: list[Any] | None
+    finish_reason: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    reasoning_tokens: int | None
+    cached_tokens: int | None
+    cost_ticks: int | None
+    payload: dict[str, Any]
+
+    @property
+    def billed_output_tokens(self) -> int:
+        # Reasoning tokens are billed at the completion rate.
+        return (self.completion_tokens or 0) + (self.reasoning_tokens or 0)
+
+
+@dataclass(frozen=True)
+class ResultEntry:
+    """One line's outcome: a completion, or the provider's error message."""
+
+    custom_id: str
+    completion: ParsedCompletion | None = None
+    error: str | None = None
+
+
+# --- The one place that decides a batch's next status ---------------------------------------
+
+
+def next_status(
+    batch: ModelCompletionBatch,
+    *,
+    counts: dict[str, int],
+    rejection: str | None,
+    provider_cancelled_at: datetime | None,
+    now: datetime,
+) -> str:
+    """Decide a batch's status from what the provider said and what we know.
+
+    Results outrank cancellation and expiry: a cancelled batch is trusted only once its counts
+    have stood still for the grace period counted from the cancel, because xAI's counters can
+    flip from cancelled back to succeeded after a cancel.
+    """
+    if batch.status in TERMINAL_STATUSES:
+        return batch.status
+    if rejection:
+        return BatchStatus.FAILED
+    pending = counts.get("pending", 0)
+    total = counts.get("total", 0)
+    cancel_started = batch.cancel_requested_at or provider_cancelled_at
+    if cancel_started is not None:
+        grace = timedelta(seconds=float(get_setting("CANCEL_GRACE_SECONDS")))
+        stable_since = max(cancel_started, batch.counts_changed_at or cancel_started)
+        if total and pending == 0 and now - stable_since >= grace:
+            if batch.cancel_reason == "deadline":
+                return BatchStatus.EXPIRED
+            return BatchStatus.CANCELED if counts.get("cancelled") else BatchStatus.ENDED
+        if not total and now - cancel_started >= grace:
+            return BatchStatus.CANCELED  # cancelled before xAI even validated the file
+        return BatchStatus.CANCELLING
+    if total == 0:
+        return BatchStatus.SUBMITTED  # the provider is still validating the file
+    if pending > 0:
+        return BatchStatus.IN_PROGRESS
+    if batch.expires_at is not None and now >= batch.expires_at and counts.get("cancelled"):
+        return BatchStatus.EXPIRED
+    return BatchStatus.ENDED
+
+
+# --- The strategy ---------------------------------------------------------------------------
+
+
+class BatchStrategy:
+    """Template for one provider. Subclasses set ``provider`` and implement the wire hooks."""
+
+    provider: ClassVar[str] = ""
+    max_requests_per_batch: ClassVar[int] = 50_000
+    max_line_bytes: ClassVar[int] = 25 * 1024 * 1024
+    max_file_bytes: ClassVar[int] = 200 * 1024 * 1024
+
+    # -- wire hooks ---------------------------------------------------------------------------
+
+    def build_line(self, batch: ModelCompletionBatch, completion: ModelCompletion) -> bytes:
+        raise NotImplementedError
+
+    def upload_input(self, batch: ModelCompletionBatch, lines: Iterable[bytes]) -> str:
+        """Upload the request lines; return the provider's file id."""
+        raise NotImplementedError
+
+    def create_provider_batch(self, batch: ModelCompletionBatch) -> BatchSnapshot:
+        """Create the provider batch (named ``batch.provider_batch_name``). Sent once."""
+        raise NotImplementedError
+
+    def find_provider_batch(self, name: str) -> BatchSnapshot | None:
+        """Look the provider's batches up by the unique name; None when there is none."""
+        raise NotImplementedError
+
+    def get_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
+        raise NotImplementedError
+
+    def cancel_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
+        raise NotImplementedError
+
+    def iter_result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
+        raise NotImplementedError
+
+    def parse_completion(self, payload: dict[str, Any]) -> ParsedCompletion:
+        raise NotImplementedError
+
+    # -- leases -------------------------------------------------------------------------------
+
+    @staticmethod
+    def lock(pk: int) -> ModelCompletionBatch:
+        """The batch's row, locked until the surrounding transaction ends."""
+        return ModelCompletionBatch.objects.select_for_update().get(pk=pk)
+
+    @staticmethod
+    def _claim(batch: ModelCompletionBatch, worker: str, now: datetime) -> None:
+        if (
+            batch.claimed_by
+            and batch.claimed_by != worker
+            and batch.claimed_until is not None
+            and batch.claimed_until > now
+        ):
+            raise BatchBusy(
+                f"Batch {batch.pk} is being worked on by {batch.claimed_by} "
+                f"until {batch.claimed_until:%Y-%m-%d %H:%M:%S}."
+            )
+        batch.claimed_by = worker
+        batch.claimed_until = now + timedelta(seconds=float(get_setting("LEASE_SECONDS")))
+
+    @staticmethod
+    def release(pk: int, worker: str = WORKER_ID) -> None:
+        ModelCompletionBatch.objects.filter(pk=pk, claimed_by=worker).update(
+            claimed_by="", claimed_until=None
+        )
+
+    # -- submit -------------------------------------------------------------------------------
+
+    def submit(
+        self, batch: ModelCompletionBatch, *, worker: str = WORKER_ID
+    ) -> ModelCompletionBatch:
+        """Submit a pending batch, or resume one whose submission was interrupted.
+
+        Crash-safe: the intent (``submitting``) is committed before any network call, the
+        uploaded file id is kept, and the moment of the create call is recorded before it is
+        sent. A batch found with a create attempt and no provider id is looked up by its unique
+        name and adopted; only when the provider has none is it created again.
+        """
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.status not in (BatchStatus.PENDING, BatchStatus.SUBMITTING):
+                raise BatchStateError(
+                    f"Batch {locked.pk} is {locked.status}; only pending batches can be submitted."
+                )
+            self._claim(locked, worker, now)
+            if locked.status == BatchStatus.PENDING:
+                if not locked.completions.exists():
+                    raise BatchStateError(f"Batch {locked.pk} has no requests to submit.")
+                locked.status = BatchStatus.SUBMITTING
+            locked.save(update_fields=["status", "claimed_by", "claimed_until"])
+        try:
+            return self._submit_claimed(locked, worker)
+        finally:
+            self.release(locked.pk, worker)
+
+    def _submit_claimed(self, batch: ModelCompletionBatch, worker: str) -> ModelCompletionBatch:
+        if batch.create_attempted_at is not None:
+            wait = timedelta(seconds=float(get_setting("RECONCILE_AFTER_SECONDS")))
+            if timezone.now() - batch.create_attempted_at < wait:
+                logger.info("Batch %s: create unanswered; reconciling after %s", batch.pk, wait)
+                return batch
+            found = self.find_provider_batch(batch.provider_batch_name)
+            if found is not None:
+                logger.warning(
+                    "Batch %s: adopting provider batch %s created by an unanswered call",
+                    batch.pk,
+                    found.provider_batch_id,
+                )
+                return self._record_submission(batch, found, worker)
+        try:
+            if not batch.input_file_id:
+                file_id = self.upload_input(batch, self.iter_lines(batch))
+                with transaction.atomic():
+                    locked = self._locked_claim(batch.pk, worker)
+                    locked.input_file_id = file_id
+                    locked.save(update_fields=["input_file_id"])
+                batch.input_file_id = file_id
+            with transaction.atomic():
+                locked = self._locked_claim(batch.pk, worker)
+                locked.create_attempted_at = timezone.now()
+                self._claim(locked, worker, timezone.now())  # a fresh lease covers the call
+                locked.save(update_fields=["create_attempted_at", "claimed_by", "claimed_until"])
+            batch.create_attempted_at = locked.create_attempted_at
+        except ProviderError as error:
+            self._abandon_submission(batch, error, reset_file=False)
+            raise
+        try:
+            snapshot = self.create_provider_batch(batch)
+        except AmbiguousSubmission as error:
+            self._note_failure(batch.pk, error)
+            raise
+        except ProviderNotFound as error:
+            # The uploaded file is gone (expired): upload again next time.
+            self._abandon_submission(batch, error, reset_file=True)
+            raise
+        except ProviderAuthenticationError as error:
+            self._abandon_submission(batch, error, reset_file=False)
+            raise
+        except ProviderError as error:
+            if error.retryable:
+                self._abandon_submission(batch, error, reset_file=False)
+                raise
+            # The provider refused this batch for good (e.g. an unsupported model).
+            self._fail_submission(batch.pk, error)
+            raise
+        return self._record_submission(batch, snapshot, worker)
+
+    def _locked_claim(self, pk: int, worker: str) -> ModelCompletionBatch:
+        locked = self.lock(pk)
+        if locked.claimed_by != worker or locked.status != BatchStatus.SUBMITTING:
+            raise BatchBusy(f"Batch {pk}: lost the submission lease to {locked.claimed_by!r}.")
+        return locked
+
+    def _record_submission(
+        self, batch: ModelCompletionBatch, snapshot: BatchSnapshot, worker: str
+    ) -> ModelCompletionBatch:
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.provider_batch_id and locked.provider_batch_id != snapshot.provider_batch_id:
+                logger.error(
+                    "Batch %s already has provider batch %s; ignoring %s",
+                    locked.pk,
+                    locked.provider_batch_id,
+                    snapshot.provider_batch_id,
+                )
+                return locked
+            locked.provider_batch_id = snapshot.provider_batch_id
+            locked.input_file_id = snapshot.input_file_id or locked.input_file_id
+            locked.submitted_at = locked.submitted_at or now
+            locked.started_at = locked.started_at or now
+            locked.failure_error = ""
+            locked.failure_reason = ""
+            self._store_snapshot(locked, snapshot, now)
+            locked.save()
+            locked.completions.filter(started_at__isnull=True).update(started_at=now)
+            transaction.on_commit(
+                lambda: signals.batch_submitted.send(sender=ModelCompletionBatch, batch=locked)
+            )
+        return locked
+
+    def _abandon_submission(
+        self, batch: ModelCompletionBatch, error: ProviderError, *, reset_file: bool
+    ) -> None:
+        """Nothing was created at the provider: back to pending, with the reason shown."""
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.status != BatchStatus.SUBMITTING or locked.provider_batch_id:
+                return
+            locked.status = BatchStatus.PENDING
+            locked.create_attempted_at = None
+            if reset_file:
+                locked.input_file_id = ""
+            locked.failure_error = error.kind[:FAILURE_TEXT_LIMIT]
+            locked.failure_reason = str(error)
+            locked.save()
+
+    def _fail_submission(self, pk: int, error: ProviderError) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(pk)
+            locked.status = BatchStatus.FAILED
+            locked.create_attempted_at = None
+            locked.ended_at = now
+            locked.failure_error = error.kind[:FAILURE_TEXT_LIMIT]
+            locked.failure_reason = str(error)
+            locked.save()
+
+    def _note_failure(self, pk: int, error: ProviderError) -> None:
+        with transaction.atomic():
+            locked = self.lock(pk)
+            locked.failure_error = error.kind[:FAILURE_TEXT_LIMIT]
+            locked.failure_reason = str(error)
+            locked.save(update_fields=["failure_error", "failure_reason"])
+
+    def iter_lines(self, batch: ModelCompletionBatch) -> Iterator[bytes]:
+        """The JSONL lines, streamed from the database in chunks (bounded memory)."""
+        completions = (
+            ModelCompletion.objects.filter(batch_id=batch.pk)
+            .order_by("pk")
+            .only(
+                "batch_custom_id",
+                "messages",
+                "temperature",
+                "max_tokens",
+                "response_format",
+                "tools",
+                "tool_choice",
+                "extra_body",
+            )
+        )
+        for completion in completions.iterator(chunk_size=2000):
+            yield self.build_line(batch, completion)
+
+    # -- status -------------------------------------------------------------------------------
+
+    def fetch_status(self, batch: ModelCompletionBatch) -> ModelCompletionBatch:
+        """Read the provider's view of the batch and store it."""
+        if not batch.provider_batch_id:
+            raise BatchStateError(f"Batch {batch.pk} has not been submitted.")
+        snapshot = self.get_provider_batch(batch.provider_batch_id)
+        return self.apply_snapshot(batch.pk, snapshot)
+
+    def apply_snapshot(self, pk: int, snapshot: BatchSnapshot) -> ModelCompletionBatch:
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(pk)
+            if locked.is_terminal:
+                return locked
+            self._store_snapshot(locked, snapshot, now)
+            locked.save()
+        return locked
+
+    def _store_snapshot(
+        self, batch: ModelCompletionBatch, snapshot: BatchSnapshot, now: datetime
+    ) -> None:
+        """Fold a snapshot into a locked batch (the caller saves)."""
+        counts = snapshot.counts if snapshot.counts is not None else batch.request_counts
+        if counts != batch.request_counts or batch.counts_changed_at is None:
+            batch.counts_changed_at = now
+        batch.request_counts = counts
+        batch.provider_response = snapshot.raw
+        if snapshot.expires_at is not None:
+            batch.expires_at = snapshot.expires_at
+        status = next_status(
+            batch,
+            counts=counts,
+            rejection=snapshot.rejection,
+            provider_cancelled_at=snapshot.cancelled_at,
+            now=now,
+        )
+        if status == BatchStatus.FAILED and snapshot.rejection:
+            batch.failure_error = "rejected by provider"
+            batch.failure_reason = snapshot.rejection
+        if status == BatchStatus.EXPIRED and not batch.failure_error:
+            batch.failure_error = "expired"
+            batch.failure_reason = "The batch expired before every request finished."
+        batch.status = status
+        if status in TERMINAL_STATUSES:
+            batch.ended_at = batch.ended_at or now
+            batch.next_poll_at = None
+        else:
+            interval = float(get_setting("POLL_INTERVAL"))
+            if status == BatchStatus.CANCELLING:
+                interval = min(interval, float(get_setting("CANCEL_GRACE_SECONDS")))
+            batch.next_poll_at = now + timedelta(seconds=interval)
+
+    # -- cancel -------------------------------------------------------------------------------
+
+    def cancel(
+        self, batch: ModelCompletionBatch, *, reason: str = "requested"
+    ) -> ModelCompletionBatch:
+        """Ask the provider to cancel. Results already produced are still fetched later."""
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.is_terminal:
+                raise BatchStateError(f"Batch {locked.pk} is already {locked.status}.")
+            if locked.status == BatchStatus.SUBMITTING:
+                raise BatchStateError(
+                    f"Batch {locked.pk} is being submitted; cancel it once it is submitted."
+                )
+            if locked.status == BatchStatus.PENDING:
+                # Never sent: nothing to ask the provider, nothing will be billed.
+                locked.status = BatchStatus.CANCELED
+                locked.cancel_requested_at = now
+                locked.cancel_reason = reason
+                locked.ended_at = now
+                locked.failure_error = "canceled before submission"
+                locked.save()
+                return locked
+            provider_batch_id = locked.provider_batch_id
+        snapshot = self.cancel_provider_batch(provider_batch_id)
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.is_terminal:
+                return locked
+            if locked.cancel_requested_at is None:
+                locked.cancel_requested_at = now
+                locked.cancel_reason = reason
+                if reason == "deadline":
+                    locked.failure_error = "max age exceeded"
+                    locked.failure_reason = (
+                        "The batch ran longer than RAIF_BATCHES['MAX_BATCH_AGE'] and was "
+                        "cancelled; results produced before that are kept."
+                    )
+            self._store_snapshot(locked, snapshot, now)
+            locked.save()
+        return locked
+
+    # -- results ------------------------------------------------------------------------------
+
+    def fetch_results(self, batch: ModelCompletionBatch) -> int:
+        """Fetch and store every result of a terminal batch, once. Returns results applied."""
+        batch = ModelCompletionBatch.objects.get(pk=batch.pk)
+        if not batch.is_terminal:
+            raise BatchStateError(
+                f"Batch {batch.pk} is {batch.status}; results are fetched once it has ended."
+            )
+        if batch.results_fetched_at is not None:
+            return 0
+        applied = 0
+        if batch.provider_batch_id:
+            for page in self.iter_result_pages(batch.provider_batch_id):
+                applied += self.apply_result_page(batch, page)
+        self.finish_results(batch)
+        return applied
+
+    def apply_result_page(self, batch: ModelCompletionBatch, entries: list[ResultEntry]) -> int:
+        """Apply one page of results in a few queries; idempotent. Returns rows changed."""
+        by_id = {entry.custom_id: entry for entry in entries}  # a repeated line counts once
+        if not by_id:
+            return 0
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.results_fetched_at is not None:
+                return 0
+            stored = ModelCompletion.objects.filter(
+                batch_id=batch.pk, batch_custom_id__in=list(by_id)
+            ).values_list("batch_custom_id", "status", "response_format")
+            known = {}
+            seen = set()
+            for custom_id, status, response_format in stored:
+                seen.add(custom_id)
+                if status == CompletionStatus.PENDING:
+                    known[custom_id] = response_format
+            for custom_id in by_id.keys() - seen:
+                logger.warning(
+                    "Batch %s: provider returned a result for unknown id %r; skipped",
+                    batch.pk,
+                    custom_id,
+                )
+            rows = [
+                self.result_row(locked, by_id[cid], response_format, now)
+                for cid, response_format in known.items()
+            ]
+            changed = update_from_values(
+                ModelCompletion,
+                key_fields=("batch", "batch_custom_id"),
+                set_fields=RESULT_FIELDS,
+                rows=rows,
+                where="t.status = %s",
+                where_params=[CompletionStatus.PENDING],
+            )
+            finished_ids = list(known)
+            transaction.on_commit(
+                lambda: signals.completions_finished.send(
+                    sender=ModelCompletion,
+                    batch=locked,
+                    completions=ModelCompletion.objects.filter(
+                        batch_id=locked.pk, batch_custom_id__in=finished_ids
+                    ),
+                )
+            )
+        return changed
+
+    def result_row(
+        self,
+        batch: ModelCompletionBatch,
+        entry: ResultEntry,
+        response_format: Any,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """The column values a result writes into its completion."""
+        row: dict[str, Any] = {name: None for name in RESULT_FIELDS}
+        row.update(
+            batch=batch.pk,
+            batch_custom_id=entry.custom_id,
+            raw_response="",
+            finish_reason="",
+            failure_error="",
+            failure_reason="",
+        )
+        parsed = entry.completion
+        if parsed is None:
+            message = entry.error or "The provider returned no result for this request."
+            row.update(
+                status=CompletionStatus.FAILED,
+                failure_error=_failure_kind(message),
+                failure_reason=message[:FAILURE_TEXT_LIMIT],
+                failed_at=now,
+            )
+            return row
+        cost = completion_cost(
+            batch.model,
+            prompt_tokens=parsed.prompt_tokens or 0,
+            cached_tokens=parsed.cached_tokens or 0,
+            output_tokens=parsed.billed_output_tokens,
+            provider_ticks=parsed.cost_ticks,
+        )
+        row.update(
+            status=CompletionStatus.COMPLETED,
+            raw_response=parsed.text,
+            response_payload=parsed.payload,
+            response_tool_calls=parsed.tool_calls,
+            finish_reason=parsed.finish_reason[:32],
+            prompt_tokens=parsed.prompt_tokens,
+            completion_tokens=parsed.completion_tokens,
+            total_tokens=parsed.total_tokens,
+            reasoning_tokens=parsed.reasoning_tokens,
+            cached_tokens=parsed.cached_tokens,
+            prompt_token_cost=cost.prompt,
+            output_token_cost=cost.output,
+            total_cost=cost.total,
+            completed_at=now,
+        )
+        if _wants_json(response_format):
+            try:
+                row["response_json"] = json.loads(parsed.text)
+            except ValueError as error:
+                # Paid for and kept, but not usable as structured output.
+                row.update(
+                    status=CompletionStatus.FAILED,
+                    failure_error="invalid JSON answer",
+                    failure_reason=f"The answer is not valid JSON: {error}",
+                    completed_at=None,
+                    failed_at=now,
+                )
+        return row
+
+    def finish_results(self, batch: ModelCompletionBatch) -> ModelCompletionBatch:
+        """Fail what the provider never answered, total the costs, mark the results fetched."""
+        now = timezone.now()
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            if locked.results_fetched_at is not None:
+                return locked
+            reason = {
+                BatchStatus.ENDED: ("entry missing", "The provider returned no result for it."),
+                BatchStatus.CANCELED: ("batch canceled", "The batch was canceled before it ran."),
+                BatchStatus.EXPIRED: ("batch expired", "The batch expired before it ran."),
+                BatchStatus.FAILED: (
+                    "batch failed",
+                    locked.failure_reason or "The provider failed the batch.",
+                ),
+            }[BatchStatus(locked.status)]
+            locked.completions.filter(status=CompletionStatus.PENDING).update(
+                status=CompletionStatus.FAILED,
+                failure_error=reason[0],
+                failure_reason=reason[1][:FAILURE_TEXT_LIMIT],
+                failed_at=now,
+            )
+            totals = locked.completions.aggregate(
+                prompt=Sum("prompt_token_cost"),
+                output=Sum("output_token_cost"),
+                total=Sum("total_cost"),
+                completed=Count("pk", filter=Q(status=CompletionStatus.COMPLETED)),
+                failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
+                all=Count("pk"),
+            )
+            locked.prompt_token_cost = totals["prompt"]
+            locked.output_token_cost = totals["output"]
+            locked.total_cost = totals["total"]
+            locked.results_fetched_at = now
+            locked.save()
+            tally = {
+                "total": totals["all"],
+                "completed": totals["completed"],
+                "failed": totals["failed"],
+            }
+            transaction.on_commit(
+                lambda: signals.batch_finished.send(
+                    sender=ModelCompletionBatch, batch=locked, status=locked.status, counts=tally
+                )
+            )
+        return locked
+
+
+def _wants_json(response_format: Any) -> bool:
+    return isinstance(response_format, dict) and response_format.get("type") in STRUCTURED_FORMATS
+
+
+def _failure_kind(message: str) -> str:
+    lowered = message.lower()
+    if "cancel" in lowered:
+        return "request cancelled"
+    if "expired" in lowered:
+        return "request expired"
+    return "provider error"
