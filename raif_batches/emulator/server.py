@@ -1,0 +1,325 @@
+"""The HTTP face of the emulator: xAI's routes, auth, error bodies and injected faults.
+
+One ``ThreadingHTTPServer`` (daemon threads, HTTP/1.1 keep-alive, a ``Content-Length`` on every
+answer) in front of an :class:`~raif_batches.emulator.state.EmulatorState`. Each call is routed
+to an endpoint name, checked against the faults, authorised, served, and recorded in
+``state.calls`` (dropped connections with status 0).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from email.parser import HeaderParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .faults import Fault, error_body
+from .state import ApiError, Call, EmulatorConfig, EmulatorState
+
+BAD_KEY_MESSAGE = "Incorrect API key provided. You can obtain an API key from https://console.x.ai."
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    ("POST", re.compile(r"/v1/files"), "upload_file"),
+    ("POST", re.compile(r"/v1/batches"), "create_batch"),
+    ("GET", re.compile(r"/v1/batches"), "list_batches"),
+    ("GET", re.compile(r"/v1/batches/(?P<id>[^/:]+)"), "get_batch"),
+    ("POST", re.compile(r"/v1/batches/(?P<id>[^/:]+):cancel"), "cancel_batch"),
+    ("GET", re.compile(r"/v1/batches/(?P<id>[^/:]+)/requests"), "list_requests"),
+    ("POST", re.compile(r"/v1/batches/(?P<id>[^/:]+)/requests"), "add_requests"),
+    ("GET", re.compile(r"/v1/batches/(?P<id>[^/:]+)/results"), "list_results"),
+]
+MULTIPART_OVERHEAD = 1024 * 1024  # room for part headers around a maximum-size file
+
+
+def route(method: str, path: str) -> tuple[str | None, str | None]:
+    """(endpoint name, batch id) for a request, or (None, None) when nothing matches."""
+    for verb, pattern, endpoint in ROUTES:
+        match = pattern.fullmatch(path.rstrip("/"))
+        if verb == method and match:
+            return endpoint, match.groupdict().get("id")
+    return None, None
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], str, bytes]:
+    """(text fields, file name, file bytes) of a ``multipart/form-data`` body.
+
+    The file part is sliced out of the body once; nothing else is copied. ``expires_after``
+    counts only when it comes before ``file``, as on xAI, so a late one is an error.
+    """
+    boundary = HeaderParser().parsestr(f"Content-Type: {content_type}\n\n").get_param("boundary")
+    if not isinstance(boundary, str) or not content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "Expected a multipart/form-data body with a boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    fields: dict[str, str] = {}
+    file: tuple[str, bytes] | None = None
+    pos = body.find(delimiter)
+    while pos != -1:
+        pos += len(delimiter)
+        if body[pos : pos + 2] == b"--":
+            break
+        pos += 2 if body[pos : pos + 2] == b"\r\n" else 0
+        header_end = body.find(b"\r\n\r\n", pos)
+        next_delimiter = body.find(b"\r\n" + delimiter, header_end)
+        if header_end == -1 or next_delimiter == -1:
+            raise ApiError(400, "Malformed multipart body")
+        headers = HeaderParser().parsestr(body[pos:header_end].decode("utf-8", "replace"))
+        name = headers.get_param("name", header="content-disposition")
+        if name == "file":
+            file = (headers.get_filename() or "file.jsonl", body[header_end + 4 : next_delimiter])
+        elif isinstance(name, str):
+            if name == "expires_after" and file is not None:
+                raise ApiError(400, "expires_after must come before file in the form")
+            fields[name] = body[header_end + 4 : next_delimiter].decode("utf-8", "replace")
+        pos = next_delimiter + 2
+    if file is None:
+        raise ApiError(400, "The form has no file part")
+    return fields, file[0], file[1]
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], emulator: EmulatorServer) -> None:
+        self.emulator = emulator
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    do_PUT = do_DELETE = do_PATCH = do_POST
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if not self.server.emulator.quiet:
+            super().log_message(format, *args)
+
+    def _handle(self) -> None:
+        emulator = self.server.emulator
+        state = emulator.state
+        parts = urlsplit(self.path)
+        path = unquote(parts.path)
+        query = dict(parse_qsl(parts.query))
+        endpoint, batch_id = route(self.command, path)
+        call = Call(endpoint or "unknown", self.command, path, query, 0, 0, state.now())
+        try:
+            self._serve(call, batch_id)
+        finally:
+            state.record(call)
+
+    def _serve(self, call: Call, batch_id: str | None) -> None:
+        emulator, state = self.server.emulator, self.server.emulator.state
+        length = int(self.headers.get("Content-Length") or 0)
+        call.body_size = length
+        if length > state.config.max_file_bytes + MULTIPART_OVERHEAD:
+            call.status = self._send(400, error_body(400, "Request body too large"), close=True)
+            return
+        if self.headers.get("Transfer-Encoding"):
+            call.status = self._send(411, error_body(400, "Content-Length required"), close=True)
+            return
+        body = self.rfile.read(length) if length else b""
+        if state.config.latency > 0:
+            time.sleep(state.config.latency)
+        fault = state.pick_fault(call.endpoint)
+        if fault is not None and fault.kind == "latency":
+            time.sleep(fault.delay)
+            fault = None
+        if fault is not None and fault.kind == "drop":
+            self._drop()
+            return
+        if fault is not None and fault.kind == "status":
+            call.status = self._send(fault.status, fault.response_body(), fault.retry_after)
+            return
+        bend = fault.kind if fault is not None else None
+        try:
+            emulator.authorize(self.headers.get("Authorization"))
+            if call.endpoint == "unknown":
+                raise ApiError(404, f"No route for {self.command} {call.path}")
+            status, payload = 200, self._dispatch(call, batch_id, body, bend)
+        except ApiError as exc:
+            status, payload = exc.status, error_body(exc.status, exc.message)
+        if fault is not None and fault.kind == "accept_then_drop":
+            self._drop()
+            return
+        call.status = self._send(status, payload)
+
+    def _dispatch(
+        self, call: Call, batch_id: str | None, body: bytes, bend: str | None
+    ) -> dict[str, Any]:
+        state = self.server.emulator.state
+        endpoint, query = call.endpoint, call.query
+        if endpoint == "upload_file":
+            fields, filename, content = parse_multipart(self.headers.get("Content-Type", ""), body)
+            expires_after = None
+            if "expires_after" in fields:
+                try:
+                    expires_after = int(fields["expires_after"])
+                except ValueError as exc:
+                    raise ApiError(400, "expires_after must be an integer") from exc
+            purpose = fields.get("purpose", "batch")
+            return state.add_file(filename, purpose, content, expires_after)
+        if endpoint == "create_batch":
+            data = _json(body)
+            file_id = data.get("input_file_id") or None
+            if not isinstance(data.get("name", ""), str) or not isinstance(file_id, str | None):
+                raise ApiError(400, "name and input_file_id must be strings")
+            return state.create_batch(data.get("name", ""), file_id, self.server.emulator.key_id)
+        if endpoint == "add_requests":
+            return state.add_requests(str(batch_id), _json(body))
+        if endpoint == "get_batch":
+            return state.get_batch(str(batch_id))
+        if endpoint == "cancel_batch":
+            return state.cancel_batch(str(batch_id))
+        limit, token = _limit(query), query.get("pagination_token")
+        if endpoint == "list_batches":
+            return state.list_batches(limit, token, bend)
+        if endpoint == "list_requests":
+            return state.list_requests(str(batch_id), limit, token, bend)
+        return state.list_results(str(batch_id), limit, token, bend)
+
+    def _send(
+        self, status: int, payload: dict[str, Any], retry_after: float | None = None,
+        close: bool = False,
+    ) -> int:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if retry_after is not None:
+            self.send_header("Retry-After", f"{retry_after:g}")
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+        return status
+
+    def _drop(self) -> None:
+        """Close the socket without a byte of answer: the client sees a connection error."""
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise ApiError(400, f"Invalid JSON body: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ApiError(400, "The JSON body must be an object")
+    return data
+
+
+def _limit(query: dict[str, str]) -> int | None:
+    if "limit" not in query:
+        return None
+    try:
+        return int(query["limit"])
+    except ValueError as exc:
+        raise ApiError(400, "limit must be an integer") from exc
+
+
+class EmulatorServer:
+    """The emulator on a loopback port. ``port=0`` picks a free one; ``api_key=None`` accepts any
+    non-empty bearer key."""
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = "test-key",
+        config: EmulatorConfig | None = None, state: EmulatorState | None = None,
+        quiet: bool = True,
+    ) -> None:
+        self.host, self.port, self.api_key, self.quiet = host, port, api_key, quiet
+        self.state = state if state is not None else EmulatorState(config)
+        # What xAI shows as create_api_key_id: derived from the key, never the key itself.
+        digest = hashlib.sha256((api_key or "any").encode()).hexdigest()
+        self.key_id = str(uuid.uuid5(uuid.NAMESPACE_OID, digest))
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self.state.config
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/v1"
+
+    def authorize(self, header: str | None) -> None:
+        scheme, _, key = (header or "").partition(" ")
+        key = key.strip()
+        valid = scheme.lower() == "bearer" and bool(key)
+        if valid and self.api_key is not None:
+            valid = hmac.compare_digest(key.encode(), self.api_key.encode())
+        if not valid:
+            raise ApiError(400, BAD_KEY_MESSAGE)
+
+    def add_fault(self, fault: Fault) -> Fault:
+        return self.state.add_fault(fault)
+
+    def start(self) -> EmulatorServer:
+        self._httpd = _HTTPServer((self.host, self.port), self)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name=f"xai-emulator-{self.port}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def serve_forever(self, ready: Callable[[str], None] | None = None) -> None:
+        """Run in the foreground until interrupted; ``ready`` gets the base URL once bound."""
+        self.start()
+        if ready is not None:
+            ready(self.base_url)
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(timeout=0.5)
+        finally:
+            self.stop()
+
+    def __enter__(self) -> EmulatorServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def run_emulator(
+    api_key: str | None = "test-key", config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
+) -> Iterator[EmulatorServer]:
+    """Start an emulator for the ``with`` block: ``with run_emulator() as emu: emu.base_url``."""
+    server = EmulatorServer(host=host, port=port, api_key=api_key, config=config, quiet=quiet)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+

@@ -1,0 +1,638 @@
+"""The emulator's in-memory world: files, batches, their lines and results, and a clock.
+
+Everything is lazy: nothing runs in the background. A batch moves on (validation, progress,
+expiry, the revert after a cancel) only when a call observes it, computed from the emulator clock
+and the number of reads, so tests are deterministic and can jump in time with :meth:`advance`.
+
+Progress rule. After validation a batch finishes its pending lines in file order, paced by two
+knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines, and
+every ``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0)
+adds nothing; with both off every line finishes at the first observation after validation.
+
+All public methods take the one ``RLock``, so the threaded HTTP server can call them freely.
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+import copy
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .completions import ModelPrice, Outcome, chat_messages, complete, model_matches, system_prompt
+from .faults import Fault, FaultBook
+
+ENDPOINTS = (
+    "upload_file", "create_batch", "get_batch", "list_batches",
+    "list_requests", "list_results", "cancel_batch", "add_requests",
+)
+CHAT_ENDPOINT = "xai_api.Chat/GetCompletion"
+LINE_KEYS = ("custom_id", "method", "url", "body")
+CHAT_URLS = ("/v1/chat/completions", "/v1/responses")
+MB = 1024 * 1024
+
+
+class ApiError(Exception):
+    """An HTTP error answer with xAI's ``{"code", "error"}`` body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    batch_price = ModelPrice(input=3.00, cached_input=0.75, output=15.00, batch_discount=0.20)
+    return {"grok-4.3": batch_price, "grok-4.20-0309*": batch_price}
+
+
+@dataclass
+class EmulatorConfig:
+    """Every knob of the emulator. Tests may change fields while the server runs."""
+
+    validation_reads: int = 1  # GETs that read all-zero counters before the file is validated
+    requests_per_read: int | None = None  # lines finished per GET of the batch (see module doc)
+    seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
+    supported_models: tuple[str, ...] = ("grok-4.3", "grok-4.20-0309*")  # "prefix*" allowed
+    prices: dict[str, ModelPrice] = field(default_factory=_default_prices)
+    error_shape: str = "string"  # "string" | "object" | "error_message"
+    pagination_end: str | None = None  # last page token: None (JSON null) or ""
+    missing_result_ids: set[str] = field(default_factory=set)  # never served as results
+    extra_result_ids: set[str] = field(default_factory=set)  # unknown ids on the first page
+    cancel_revert_count: int = 0  # lines a cancel cancels that later flip back to succeeded
+    cancel_revert_after: float = 10.0  # emulator seconds after the cancel
+    expire_after_seconds: float = 30 * 86400.0
+    time_format: str = "date"  # "date" ("2026-08-28") or "rfc3339" ("2026-08-25T12:30:00Z")
+    omit_state_reads: int = 0  # the next N batch GETs omit "state" (counts down)
+    latency: float = 0.0  # seconds added to every call
+    seed: int = 0  # seeds fault probabilities and transient_failure_rate
+    transient_failure_rate: float = 0.0  # share of calls answering 503 / dropped, alternately
+    max_file_bytes: int = 200 * MB
+    max_line_bytes: int = 25 * MB
+    max_lines: int = 50_000
+    max_page_size: int = 1000  # larger limits are clamped to this
+    default_page_size: int = 100
+
+
+@dataclass
+class Call:
+    """One call as the emulator saw it. Never holds the Authorization header."""
+
+    endpoint: str
+    method: str
+    path: str
+    query: dict[str, str]
+    status: int  # 0 when the connection was dropped without an answer
+    body_size: int
+    time: float
+
+
+@dataclass
+class UploadedFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: float
+    expires_at: float | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "file", "bytes": len(self.content),
+            "created_at": int(self.created_at),
+            "expires_at": None if self.expires_at is None else int(self.expires_at),
+            "filename": self.filename, "purpose": self.purpose,
+        }
+
+
+@dataclass(eq=False, slots=True)
+class Line:
+    """One request of a batch. File lines keep a span into the file instead of a parsed body, so
+    50,000 lines cost one copy of the file plus these small records."""
+
+    custom_id: str
+    model: str
+    create_time: float
+    span: tuple[int, int] | None = None
+    inline_body: dict[str, Any] | None = None
+    cache_hit: bool = False
+    state: str = "pending"  # pending | succeeded | failed | cancelled
+    error: str | None = None
+    cost_ticks: int = 0
+    finish_time: float | None = None
+
+
+@dataclass(eq=False)
+class Batch:
+    batch_id: str
+    name: str
+    input_file_id: str | None
+    create_time: float
+    expire_time: float
+    api_key_id: str
+    seq: int
+    source: bytes = b""
+    cancel_time: float | None = None
+    cancel_by_xai_message: str | None = None
+    lines: list[Line] = field(default_factory=list)
+    by_id: dict[str, Line] = field(default_factory=dict)
+    sorted_ids: list[str] = field(default_factory=list)
+    zero_reads_left: int = 0
+    validated: bool = False
+    rejected_count: int = 0  # lines of a file xAI refused during validation
+    next_pending: int = 0  # lines before this index are finished (they finish in order)
+    credit: float = 0.0
+    last_progress: float = 0.0
+    expired: bool = False
+    systems_seen: set[str] = field(default_factory=set)
+    revert_lines: list[Line] = field(default_factory=list)
+    revert_at: float = 0.0
+
+
+def encode_token(after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str | None) -> str | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        after = json.loads(raw)["after"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ApiError(400, "Invalid pagination token") from exc
+    if not isinstance(after, str):
+        raise ApiError(400, "Invalid pagination token")
+    return after
+
+
+class EmulatorState:
+    """The emulated provider. ``clock`` is injectable; :meth:`now` adds the :meth:`advance`
+    offset to it."""
+
+    def __init__(
+        self, config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config if config is not None else EmulatorConfig()
+        self._initial_config = copy.deepcopy(self.config)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.offset = 0.0
+        self.files: dict[str, UploadedFile] = {}
+        self.batches: dict[str, Batch] = {}
+        self.calls: list[Call] = []
+        self._faults = FaultBook(self.config.seed)
+
+    # -- clock, calls, faults ------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.offset += seconds
+
+    def reset(self) -> None:
+        """Forget everything and restore the config the state was built with (in place, so the
+        server and tests keep the same object)."""
+        with self._lock:
+            for f in dataclasses.fields(EmulatorConfig):
+                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
+            self.offset = 0.0
+            self.files.clear()
+            self.batches.clear()
+            self.calls.clear()
+            self._faults.reset(self.config.seed)
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def count_calls(self, endpoint: str) -> int:
+        with self._lock:
+            return sum(1 for c in self.calls if c.endpoint == endpoint)
+
+    @property
+    def faults(self) -> list[Fault]:
+        return self._faults.faults
+
+    def add_fault(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.faults.append(fault)
+            return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.faults.clear()
+
+    def pick_fault(self, endpoint: str) -> Fault | None:
+        """The transient failure or injected fault that hits this call, if any."""
+        with self._lock:
+            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
+                endpoint
+            )
+
+    # -- files ---------------------------------------------------------------------------------
+    def add_file(
+        self, filename: str, purpose: str, content: bytes, expires_after: int | None = None
+    ) -> dict[str, Any]:
+        if expires_after is not None and not 3600 <= expires_after <= 2_592_000:
+            raise ApiError(400, "expires_after must be between 3600 and 2592000 seconds")
+        if len(content) > self.config.max_file_bytes:
+            raise ApiError(400, f"File is larger than {self.config.max_file_bytes} bytes")
+        with self._lock:
+            now = self.now()
+            record = UploadedFile(
+                id=f"file_{uuid.uuid4()}", filename=filename, purpose=purpose, content=content,
+                created_at=now, expires_at=None if expires_after is None else now + expires_after,
+            )
+            self.files[record.id] = record
+            return record.as_json()
+
+    # -- batches -------------------------------------------------------------------------------
+    def create_batch(self, name: str, input_file_id: str | None, api_key_id: str) -> dict[str, Any]:
+        with self._lock:
+            now = self.now()
+            source = b""
+            if input_file_id is not None:
+                file = self.files.get(input_file_id)
+                if file is None or (file.expires_at is not None and file.expires_at <= now):
+                    raise ApiError(404, f"File {input_file_id} not found")
+                source = file.content
+            batch = Batch(
+                batch_id=f"batch_{uuid.uuid4()}", name=name, input_file_id=input_file_id,
+                create_time=now, expire_time=now + self.config.expire_after_seconds,
+                api_key_id=api_key_id, seq=len(self.batches), source=source,
+                zero_reads_left=max(0, self.config.validation_reads),
+            )
+            self.batches[batch.batch_id] = batch
+            if input_file_id is None or batch.zero_reads_left == 0:
+                self._validate(batch, now)
+            return self._view(batch)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch, read=True)
+            omit = self.config.omit_state_reads > 0
+            if omit:
+                self.config.omit_state_reads -= 1
+            return self._view(batch, omit_state=omit)
+
+    def list_batches(
+        self, limit: int | None, token: str | None, bend: str | None = None
+    ) -> dict[str, Any]:
+        with self._lock:
+            ordered = {f"{b.seq:012d}": b for b in self.batches.values()}
+            keys, next_token = self._page(sorted(ordered), lambda k: True, limit, token, bend)
+            views = []
+            for key in keys:
+                self._observe(ordered[key])
+                views.append(self._view(ordered[key]))
+            return {"batches": views, "pagination_token": next_token}
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            now = self.now()
+            if not batch.validated:
+                self._validate(batch, now)
+            self._observe(batch)
+            if batch.cancel_time is None:
+                batch.cancel_time = now
+                cancelled = self._cancel_pending(batch, now)
+                batch.revert_lines = cancelled[: max(0, self.config.cancel_revert_count)]
+                batch.revert_at = now + self.config.cancel_revert_after
+            return self._view(batch)
+
+    def add_requests(self, batch_id: str, payload: Any) -> dict[str, Any]:
+        """Inline mode: all-or-nothing, so a refused call adds nothing."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch)
+            if batch.input_file_id is not None:
+                raise ApiError(412, "Cannot add inline requests to a file-based batch")
+            if batch.cancel_time is not None or batch.expired:
+                raise ApiError(403, "Cannot add requests to a cancelled or expired batch")
+            items = payload.get("batch_requests") if isinstance(payload, dict) else None
+            if not isinstance(items, list):
+                raise ApiError(400, "batch_requests must be a list")
+            new: dict[str, dict[str, Any]] = {}
+            for item in items:
+                rid = item.get("batch_request_id") if isinstance(item, dict) else None
+                req = item.get("batch_request") if isinstance(item, dict) else None
+                body = req.get("chat_get_completion") if isinstance(req, dict) else None
+                if not isinstance(rid, str) or not rid or not isinstance(body, dict):
+                    raise ApiError(400, "Each batch request needs batch_request_id and "
+                                        "batch_request.chat_get_completion")
+                model = str(body.get("model", ""))
+                if not model_matches(model, self.config.supported_models):
+                    raise ApiError(400, f"Model {model} is not supported for batch processing.")
+                known = batch.by_id.get(rid)
+                earlier = self._body(batch, known) if known else new.get(rid)
+                if earlier is not None and earlier != body:
+                    raise ApiError(412, f"Batch request {rid} already exists with other content")
+                if known is None:
+                    new[rid] = body
+            now = self.now()
+            for rid, body in new.items():
+                line = Line(rid, str(body.get("model")), now, inline_body=body)
+                line.cache_hit = self._cache_lookup(batch, body)
+                batch.lines.append(line)
+                batch.by_id[rid] = line
+            batch.sorted_ids = sorted(batch.by_id)
+            return {}
+
+    def list_requests(
+        self, batch_id: str, limit: int | None, token: str | None, bend: str | None = None
+    ) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch)
+            ids, next_token = self._page(batch.sorted_ids, lambda k: True, limit, token, bend)
+            metadata = []
+            for rid in ids:
+                line = batch.by_id[rid]
+                metadata.append({
+                    "batch_request_id": rid, "endpoint": CHAT_ENDPOINT, "model": line.model,
+                    "state": line.state, "create_time": self._time(line.create_time),
+                    "finish_time": self._time(line.finish_time),
+                })
+            return {"batch_request_metadata": metadata, "pagination_token": next_token}
+
+    def list_results(
+        self, batch_id: str, limit: int | None, token: str | None, bend: str | None = None
+    ) -> dict[str, Any]:
+        """Finished lines, sorted by id; ``extra_result_ids`` lead the first page."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch)
+            missing = self.config.missing_result_ids
+
+            def served(rid: str) -> bool:
+                return batch.by_id[rid].state != "pending" and rid not in missing
+
+            ids, next_token = self._page(batch.sorted_ids, served, limit, token, bend)
+            results = []
+            if not token:
+                for rid in sorted(self.config.extra_result_ids):
+                    body = {"model": "grok-4.3", "messages": [{"role": "user", "content": rid}]}
+                    outcome = self._complete(batch, rid, body, self.now(), False)
+                    results.append(self._result_entry(rid, "succeeded", outcome.completion, None))
+            for rid in ids:
+                line = batch.by_id[rid]
+                completion = None
+                if line.state == "succeeded":
+                    body = self._body(batch, line)
+                    finished = line.finish_time or self.now()
+                    outcome = self._complete(batch, rid, body, finished, line.cache_hit)
+                    completion = outcome.completion
+                results.append(self._result_entry(rid, line.state, completion, line.error))
+            return {"results": results, "pagination_token": next_token}
+
+    # -- internals (call with the lock held) ---------------------------------------------------
+    def _batch(self, batch_id: str) -> Batch:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise ApiError(404, f"Batch {batch_id} not found")
+        return batch
+
+    def _time(self, value: float | None) -> str | None:
+        if value is None:
+            return None
+        pattern = "%Y-%m-%dT%H:%M:%SZ" if self.config.time_format == "rfc3339" else "%Y-%m-%d"
+        return time.strftime(pattern, time.gmtime(value))
+
+    def _page(
+        self, keys: list[str], include: Callable[[str], bool], limit: int | None,
+        token: str | None, bend: str | None,
+    ) -> tuple[list[str], str | None]:
+        """Cursor pagination over sorted keys: a token is "start after this key", so lines that
+        finish between two pages neither shift nor duplicate the next page."""
+        size = self.config.default_page_size if limit is None else limit
+        if size <= 0:
+            raise ApiError(400, "limit must be a positive integer")
+        size = min(size, self.config.max_page_size)
+        after = decode_token(token)
+        index = 0 if after is None else bisect.bisect_right(keys, after)
+        page: list[str] = []
+        more = False
+        for key in keys[index:]:
+            if not include(key):
+                continue
+            if len(page) == size:
+                more = True
+                break
+            page.append(key)
+        if bend == "repeat_page" and page:
+            return page, encode_token(after or "")
+        if bend == "overlap_page" and more and len(page) > 1:
+            return page, encode_token(page[len(page) - 1 - min(2, len(page) - 1)])
+        return page, encode_token(page[-1]) if more else self.config.pagination_end
+
+    def _observe(self, batch: Batch, read: bool = False) -> None:
+        """Bring a batch up to the emulator clock: validation, progress, expiry, revert."""
+        now = self.now()
+        if not batch.validated:
+            if read and batch.zero_reads_left > 0:
+                batch.zero_reads_left -= 1
+                return
+            if batch.zero_reads_left > 0:
+                return
+            self._validate(batch, now)
+        self._progress(batch, min(now, batch.expire_time), read)
+        if now >= batch.expire_time and not batch.expired:
+            batch.expired = True
+            self._cancel_pending(batch, batch.expire_time)
+        if batch.revert_lines and now >= batch.revert_at:
+            for line in batch.revert_lines:
+                self._finish(batch, line, batch.revert_at)
+            batch.revert_lines = []
+
+    def _progress(self, batch: Batch, now: float, read: bool) -> None:
+        cfg = self.config
+        pending = len(batch.lines) - batch.next_pending
+        if cfg.requests_per_read is None and cfg.seconds_per_request <= 0:
+            budget = pending
+        else:
+            if cfg.seconds_per_request > 0 and now > batch.last_progress:
+                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
+            if read and cfg.requests_per_read:
+                batch.credit += cfg.requests_per_read
+            budget = min(pending, int(batch.credit + 1e-9))
+            batch.credit = 0.0 if budget == pending else batch.credit - budget
+        batch.last_progress = max(batch.last_progress, now)
+        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
+            self._finish(batch, line, now)
+        batch.next_pending += budget
+
+    def _finish(self, batch: Batch, line: Line, now: float) -> None:
+        body = self._body(batch, line)
+        outcome = self._complete(batch, line.custom_id, body, now, line.cache_hit)
+        line.state = "succeeded" if outcome.error is None else "failed"
+        line.error, line.cost_ticks, line.finish_time = outcome.error, outcome.cost_ticks, now
+
+    def _cancel_pending(self, batch: Batch, now: float) -> list[Line]:
+        cancelled = batch.lines[batch.next_pending :]
+        for line in cancelled:
+            line.state, line.error, line.finish_time = "cancelled", "Batch cancelled", now
+        batch.next_pending = len(batch.lines)
+        return cancelled
+
+    def _complete(
+        self, batch: Batch, rid: str, body: dict[str, Any], when: float, hit: bool
+    ) -> Outcome:
+        completion_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{batch.batch_id}/{rid}"))
+        return complete(
+            body, completion_id=completion_id, created=int(when), cache_hit=hit,
+            prices=self.config.prices,
+        )
+
+    def _body(self, batch: Batch, line: Line) -> dict[str, Any]:
+        if line.inline_body is not None:
+            return line.inline_body
+        assert line.span is not None
+        body: dict[str, Any] = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
+        return body
+
+    def _cache_lookup(self, batch: Batch, body: dict[str, Any]) -> bool:
+        """A line hits the prompt cache when an earlier line of the batch had its system text."""
+        system = system_prompt(body)
+        if system is None:
+            return False
+        hit = system in batch.systems_seen
+        batch.systems_seen.add(system)
+        return hit
+
+    def _validate(self, batch: Batch, now: float) -> None:
+        """xAI checks the whole file after create; one bad line cancels the whole batch."""
+        batch.validated, batch.last_progress = True, now
+        if batch.input_file_id is None:
+            return
+        problem: str | None = None
+        lines: list[Line] = []
+        count = 0
+        for number, start, end in _line_spans(batch.source):
+            count += 1
+            if problem is None:
+                problem = self._check_line(batch, number, start, end, lines)
+        if problem is None and count == 0:
+            problem = "file has no request lines"
+        if problem is None and count > self.config.max_lines:
+            problem = f"file has {count} lines, more than {self.config.max_lines}"
+        if problem is not None:
+            batch.cancel_by_xai_message = f"JSONL file validation failed: {problem}"
+            batch.cancel_time, batch.rejected_count = now, count
+            batch.systems_seen.clear()
+            batch.by_id.clear()
+            return
+        batch.lines = lines
+        batch.by_id = {line.custom_id: line for line in lines}
+        batch.sorted_ids = sorted(batch.by_id)
+
+    def _check_line(
+        self, batch: Batch, number: int, start: int, end: int, lines: list[Line]
+    ) -> str | None:
+        if end - start > self.config.max_line_bytes:
+            return f"line {number}: line is longer than {self.config.max_line_bytes} bytes"
+        try:
+            data = json.loads(batch.source[start:end])
+        except ValueError as exc:
+            return f"line {number}: invalid JSON: {exc}"
+        if not isinstance(data, dict):
+            return f"line {number}: a line must be a JSON object"
+        for key in LINE_KEYS:
+            if key not in data:
+                return f"line {number}: missing required field '{key}'"
+        extra = sorted(set(data) - set(LINE_KEYS))
+        if extra:
+            return f"line {number}: unknown field '{extra[0]}'"
+        custom_id, body = data["custom_id"], data["body"]
+        if not isinstance(custom_id, str) or not custom_id:
+            return f"line {number}: custom_id must be a non-empty string"
+        if data["method"] != "POST" or data["url"] not in CHAT_URLS:
+            return f"line {number}: unsupported method or url {data['method']} {data['url']}"
+        if not isinstance(body, dict) or not chat_messages(body):
+            return f"line {number}: body must be a chat completion request with messages"
+        model = str(body.get("model", ""))
+        if not model_matches(model, self.config.supported_models):
+            return f"Model {model} is not supported for batch processing."
+        if custom_id in batch.by_id:
+            return f"line {number}: duplicate custom_id '{custom_id}'"
+        line = Line(custom_id, model, batch.create_time, span=(start, end))
+        line.cache_hit = self._cache_lookup(batch, body)
+        lines.append(line)
+        batch.by_id[custom_id] = line
+        return None
+
+    def _view(self, batch: Batch, omit_state: bool = False) -> dict[str, Any]:
+        counts = {"num_requests": 0, "num_pending": 0, "num_success": 0, "num_error": 0,
+                  "num_cancelled": 0}
+        ticks = finished = 0
+        if batch.rejected_count:
+            counts["num_requests"] = counts["num_cancelled"] = batch.rejected_count
+        elif batch.validated:
+            counts["num_requests"] = len(batch.lines)
+            key = {"pending": "num_pending", "succeeded": "num_success", "failed": "num_error",
+                   "cancelled": "num_cancelled"}
+            for line in batch.lines:
+                counts[key[line.state]] += 1
+                ticks += line.cost_ticks
+            finished = counts["num_success"] + counts["num_error"]
+        endpoint_costs = (
+            [{"endpoint": CHAT_ENDPOINT, "cost_usd_ticks": ticks, "request_count": finished}]
+            if finished else []
+        )
+        view: dict[str, Any] = {
+            "batch_id": batch.batch_id, "name": batch.name,
+            "create_time": self._time(batch.create_time),
+            "expire_time": self._time(batch.expire_time),
+            "create_api_key_id": batch.api_key_id,
+            "cancel_time": self._time(batch.cancel_time),
+            "cancel_by_xai_message": batch.cancel_by_xai_message,
+            "state": counts,
+            "cost_breakdown": {
+                "total_cost_usd_ticks": ticks, "endpoint_costs": endpoint_costs,
+                "calculation_time": self._time(self.now()),
+            },
+            "input_file_id": batch.input_file_id,
+        }
+        if omit_state:
+            del view["state"]
+        return view
+
+    def _result_entry(
+        self, rid: str, state: str, completion: dict[str, Any] | None, error: str | None
+    ) -> dict[str, Any]:
+        if completion is not None:
+            return {"batch_request_id": rid,
+                    "batch_result": {"response": {"chat_get_completion": completion}}}
+        message = error or "Unknown error"
+        shape = self.config.error_shape
+        if shape == "error_message":
+            return {"batch_request_id": rid, "error_message": message}
+        if shape == "object":
+            code = 1 if state == "cancelled" else 3  # gRPC CANCELLED / INVALID_ARGUMENT
+            return {"batch_request_id": rid,
+                    "batch_result": {"error": {"code": code, "message": message}}}
+        return {"batch_request_id": rid, "batch_result": {"error": message}}
+
+
+def _line_spans(content: bytes) -> Iterable[tuple[int, int, int]]:
+    """(line number, start, end) of every non-blank line, without splitting the file in memory."""
+    number, pos, size = 0, 0, len(content)
+    while pos < size:
+        end = content.find(b"\n", pos)
+        end = size if end == -1 else end
+        number += 1
+        stop = end - 1 if end > pos and content[end - 1 : end] == b"\r" else end
+        # Only short lines can be blank in practice; testing them alone avoids copying big ones.
+        if stop - pos >= 64 or content[pos:stop].strip():
+            yield number, pos, stop
+        pos = end + 1
