@@ -1,0 +1,44 @@
+"""Shared fixtures: the bundled emulator over real HTTP, and fast retry settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection
+
+pytest_plugins = ["raif_batches.emulator.pytest_plugin"]
+
+FAST_SETTINGS: dict[str, Any] = {
+    "RETRY": {"MAX_ATTEMPTS": 6, "BACKOFF_BASE": 0.01, "BACKOFF_MAX": 0.05,
+              "MAX_TOTAL_SECONDS": 5.0},
+    "REQUEST_TIMEOUT": (2.0, 5.0),
+    "RECONCILE_AFTER_SECONDS": 0,
+    "CANCEL_GRACE_SECONDS": 0,
+    "POLL_INTERVAL": 60,
+}
+
+
+@pytest.fixture(autouse=True)
+def _fast_raif_settings(settings: Any) -> None:
+    settings.RAIF_BATCHES = {**FAST_SETTINGS}
+
+
+@pytest.fixture
+def emulator(xai_emulator: Any, settings: Any) -> Any:
+    """The emulator with the fast settings kept beside its URL and key."""
+    settings.RAIF_BATCHES = {
+        **FAST_SETTINGS,
+        "XAI_BASE_URL": xai_emulator.base_url,
+        "XAI_API_KEY": xai_emulator.api_key,
+    }
+    return xai_emulator
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    if connection.vendor == "postgresql":
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (real row locks and processes)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
