@@ -108,7 +108,8 @@ def system_prompt(body: dict[str, Any]) -> str | None:
 
 
 def is_reasoning_model(model: str) -> bool:
-    return "reasoning" in model or model == "grok-4.3"
+    """grok-4.3 always reasons; the grok-4.20 family says so in its name (or "non-reasoning")."""
+    return model == "grok-4.3" or ("reasoning" in model and "non-reasoning" not in model)
 
 
 def _digest(text: str) -> int:

@@ -96,7 +96,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes; don't wait for ACKs
     server: _HTTPServer
+    call: Call | None = None
 
     def do_GET(self) -> None:
         self._handle()
@@ -117,21 +119,27 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(parts.path)
         query = dict(parse_qsl(parts.query))
         endpoint, batch_id = route(self.command, path)
-        call = Call(endpoint or "unknown", self.command, path, query, 0, 0, state.now())
+        self.call = Call(endpoint or "unknown", self.command, path, query, 0, 0, state.now())
         try:
-            self._serve(call, batch_id)
+            self._serve(self.call, batch_id)
         finally:
-            state.record(call)
+            self._record()
+
+    def _record(self) -> None:
+        """Record the call once, before the client can see an answer (tests read calls next)."""
+        if self.call is not None:
+            self.server.emulator.state.record(self.call)
+            self.call = None
 
     def _serve(self, call: Call, batch_id: str | None) -> None:
         emulator, state = self.server.emulator, self.server.emulator.state
         length = int(self.headers.get("Content-Length") or 0)
         call.body_size = length
         if length > state.config.max_file_bytes + MULTIPART_OVERHEAD:
-            call.status = self._send(400, error_body(400, "Request body too large"), close=True)
+            self._send(400, error_body(400, "Request body too large"), close=True)
             return
         if self.headers.get("Transfer-Encoding"):
-            call.status = self._send(411, error_body(400, "Content-Length required"), close=True)
+            self._send(411, error_body(400, "Content-Length required"), close=True)
             return
         body = self.rfile.read(length) if length else b""
         if state.config.latency > 0:
@@ -144,7 +152,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._drop()
             return
         if fault is not None and fault.kind == "status":
-            call.status = self._send(fault.status, fault.response_body(), fault.retry_after)
+            self._send(fault.status, fault.response_body(), fault.retry_after)
             return
         bend = fault.kind if fault is not None else None
         try:
@@ -157,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "accept_then_drop":
             self._drop()
             return
-        call.status = self._send(status, payload)
+        self._send(status, payload)
 
     def _dispatch(
         self, call: Call, batch_id: str | None, body: bytes, bend: str | None
@@ -196,8 +204,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(
         self, status: int, payload: dict[str, Any], retry_after: float | None = None,
         close: bool = False,
-    ) -> int:
+    ) -> None:
         data = json.dumps(payload).encode()
+        if self.call is not None:
+            self.call.status = status
+        self._record()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -208,10 +219,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
-        return status
 
     def _drop(self) -> None:
         """Close the socket without a byte of answer: the client sees a connection error."""
+        self._record()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -277,8 +288,10 @@ class EmulatorServer:
     def start(self) -> EmulatorServer:
         self._httpd = _HTTPServer((self.host, self.port), self)
         self.port = self._httpd.server_address[1]
+        # A short poll interval keeps stop() fast, which matters with one server per test.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=f"xai-emulator-{self.port}", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name=f"xai-emulator-{self.port}",
+            daemon=True,
         )
         self._thread.start()
         return self
