@@ -10,8 +10,12 @@ from django.db import connection
 pytest_plugins = ["raif_batches.emulator.pytest_plugin"]
 
 FAST_SETTINGS: dict[str, Any] = {
-    "RETRY": {"MAX_ATTEMPTS": 6, "BACKOFF_BASE": 0.01, "BACKOFF_MAX": 0.05,
-              "MAX_TOTAL_SECONDS": 5.0},
+    "RETRY": {
+        "MAX_ATTEMPTS": 6,
+        "BACKOFF_BASE": 0.01,
+        "BACKOFF_MAX": 0.05,
+        "MAX_TOTAL_SECONDS": 5.0,
+    },
     "REQUEST_TIMEOUT": (2.0, 5.0),
     "RECONCILE_AFTER_SECONDS": 0,
     "CANCEL_GRACE_SECONDS": 0,

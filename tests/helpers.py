@@ -14,17 +14,20 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def make_batch(count: int = 3, *, model: str = "grok-4.3", failing: int = 0,
-               **kwargs: Any) -> ModelCompletionBatch:
+def make_batch(
+    count: int = 3, *, model: str = "grok-4.3", failing: int = 0, **kwargs: Any
+) -> ModelCompletionBatch:
     requests: list[dict[str, Any]] = [
         {"custom_id": f"req-{i:03d}", "messages": user(f"Question number {i}")}
         for i in range(count)
     ]
     for i in range(failing):
-        requests.append({
-            "custom_id": f"bad-{i:03d}",
-            "messages": user(f"[[emulator:error Line {i} violates the usage policy]]"),
-        })
+        requests.append(
+            {
+                "custom_id": f"bad-{i:03d}",
+                "messages": user(f"[[emulator:error Line {i} violates the usage policy]]"),
+            }
+        )
     return create_batch(provider="xai", model=model, requests=requests, **kwargs)
 
 

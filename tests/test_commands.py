@@ -142,11 +142,18 @@ def test_system_check_reports_malformed_settings(settings: Any) -> None:
     from raif_batches.checks import check_settings
 
     settings.RAIF_BATCHES = {
-        "XAI_API_KEY": "k", "POLL_INTERVAL": "often", "RETRY": {"MAX_ATTEMPTS": "x"},
-        "PRICING": {"grok-4.3": {"input": "cheap"}}, "NOPE": 1,
+        "XAI_API_KEY": "k",
+        "POLL_INTERVAL": "often",
+        "RETRY": {"MAX_ATTEMPTS": "x"},
+        "PRICING": {"grok-4.3": {"input": "cheap"}},
+        "NOPE": 1,
     }
     ids = {problem.id for problem in check_settings()}
-    assert {"raif_batches.E002", "raif_batches.E004", "raif_batches.E007",
-            "raif_batches.E008"} <= ids
+    assert {
+        "raif_batches.E002",
+        "raif_batches.E004",
+        "raif_batches.E007",
+        "raif_batches.E008",
+    } <= ids
     settings.RAIF_BATCHES = {"XAI_API_KEY": "k"}
     assert check_settings() == []

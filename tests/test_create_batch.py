@@ -32,7 +32,11 @@ def test_creates_pending_batch_with_one_completion_per_request() -> None:
     )
     assert batch.status == "pending"
     assert batch.request_counts == {
-        "total": 2, "pending": 2, "succeeded": 0, "failed": 0, "cancelled": 0,
+        "total": 2,
+        "pending": 2,
+        "succeeded": 0,
+        "failed": 0,
+        "cancelled": 0,
     }
     first, second = batch.completions.order_by("batch_custom_id")
     assert first.source == ticket
@@ -54,10 +58,14 @@ BAD_REQUESTS = [
     ([request("t-1"), request("t-1")], "request 't-1': custom_id is not unique"),
     ([{"custom_id": "t-1", "messages": []}], "messages must be a non-empty list"),
     ([{"custom_id": "t-1", "messages": "hello"}], "messages must be a non-empty list"),
-    ([{"custom_id": "t-1", "messages": [{"role": "robot", "content": "x"}]}],
-     "messages[0].role is 'robot'"),
-    ([{"custom_id": "t-1", "messages": [{"role": "user", "content": 5}]}],
-     "messages[0].content must be a string"),
+    (
+        [{"custom_id": "t-1", "messages": [{"role": "robot", "content": "x"}]}],
+        "messages[0].role is 'robot'",
+    ),
+    (
+        [{"custom_id": "t-1", "messages": [{"role": "user", "content": 5}]}],
+        "messages[0].content must be a string",
+    ),
     ([request(temperature=3)], "temperature must be a number between 0 and 2"),
     ([request(max_tokens=-5)], "max_tokens must be a positive integer"),
     ([request(response_format={"type": "yaml"})], "response_format must be a dict"),
@@ -92,8 +100,9 @@ def test_rejects_unknown_provider_and_empty_model() -> None:
 def test_oversized_line_is_refused(settings: Any) -> None:
     huge = "x" * (25 * 1024 * 1024 + 1)
     with pytest.raises(ValueError, match="request 'big': the request line is"):
-        create_batch(requests=[{"custom_id": "big", "messages": [
-            {"role": "user", "content": huge}]}])
+        create_batch(
+            requests=[{"custom_id": "big", "messages": [{"role": "user", "content": huge}]}]
+        )
     assert ModelCompletionBatch.objects.count() == 0
 
 

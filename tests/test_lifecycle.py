@@ -25,7 +25,11 @@ def test_end_to_end_completed_and_failed_with_exact_costs(emulator: Any) -> None
 
     assert batch.status == "ended"
     assert batch.request_counts == {
-        "total": 5, "pending": 0, "succeeded": 4, "failed": 1, "cancelled": 0,
+        "total": 5,
+        "pending": 0,
+        "succeeded": 4,
+        "failed": 1,
+        "cancelled": 0,
     }
     done = list(batch.completions.filter(status="completed").order_by("batch_custom_id"))
     assert [c.batch_custom_id for c in done] == ["req-000", "req-001", "req-002", "req-003"]
@@ -48,10 +52,18 @@ def test_end_to_end_completed_and_failed_with_exact_costs(emulator: Any) -> None
 def test_every_line_sent_as_the_exact_body(emulator: Any) -> None:
     from raif_batches import create_batch
 
-    batch = create_batch(requests=[{
-        "custom_id": "t-1", "messages": user("Hi"), "temperature": 0.3, "max_tokens": 9,
-        "top_p": 0.5, "response_format": {"type": "json_object"},
-    }])
+    batch = create_batch(
+        requests=[
+            {
+                "custom_id": "t-1",
+                "messages": user("Hi"),
+                "temperature": 0.3,
+                "max_tokens": 9,
+                "top_p": 0.5,
+                "response_format": {"type": "json_object"},
+            }
+        ]
+    )
     submit([batch.pk])
     batch.refresh_from_db()
     uploaded = emulator.state.files[batch.input_file_id].content.decode()
@@ -59,9 +71,17 @@ def test_every_line_sent_as_the_exact_body(emulator: Any) -> None:
 
     (line,) = [json.loads(raw) for raw in uploaded.splitlines() if raw]
     assert line == {
-        "custom_id": "t-1", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "grok-4.3", "messages": user("Hi"), "temperature": 0.3,
-                 "max_tokens": 9, "top_p": 0.5, "response_format": {"type": "json_object"}},
+        "custom_id": "t-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "grok-4.3",
+            "messages": user("Hi"),
+            "temperature": 0.3,
+            "max_tokens": 9,
+            "top_p": 0.5,
+            "response_format": {"type": "json_object"},
+        },
     }
     provider_batch = emulator.state.batches[batch.provider_batch_id]
     assert provider_batch.name == batch.provider_batch_name
@@ -146,8 +166,9 @@ def test_absent_state_keeps_last_known_counts(emulator: Any) -> None:
 
 
 @pytest.mark.parametrize("end", [None, ""])
-def test_pagination_ends_on_null_or_empty_token(emulator: Any, settings: Any,
-                                                end: str | None) -> None:
+def test_pagination_ends_on_null_or_empty_token(
+    emulator: Any, settings: Any, end: str | None
+) -> None:
     settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "RESULTS_PAGE_SIZE": 2}
     emulator.config.pagination_end = end
     batch = run_to_end(make_batch(5))
@@ -159,9 +180,9 @@ def test_results_matched_by_id_not_by_order(emulator: Any) -> None:
     from raif_batches import create_batch
 
     ids = ["zeta", "alpha", "mike", "bravo"]
-    batch = create_batch(requests=[
-        {"custom_id": cid, "messages": user(f"About {cid}")} for cid in ids
-    ])
+    batch = create_batch(
+        requests=[{"custom_id": cid, "messages": user(f"About {cid}")} for cid in ids]
+    )
     run_to_end(batch)
     for completion in batch.completions.all():
         assert completion.raw_response == f"Emulated answer to: About {completion.batch_custom_id}"
@@ -173,7 +194,8 @@ def test_three_error_shapes(emulator: Any, shape: str) -> None:
     batch = run_to_end(make_batch(1, failing=2))
     failed = batch.completions.filter(status="failed").order_by("batch_custom_id")
     assert [c.failure_reason for c in failed] == [
-        "Line 0 violates the usage policy", "Line 1 violates the usage policy",
+        "Line 0 violates the usage policy",
+        "Line 1 violates the usage policy",
     ]
     assert {c.failure_error for c in failed} == {"provider error"}
 
@@ -200,15 +222,20 @@ def test_reasoning_and_cached_tokens(emulator: Any) -> None:
     from raif_batches import create_batch
 
     system = {"role": "system", "content": "You are a careful support agent. " * 20}
-    batch = create_batch(requests=[
-        {"custom_id": f"r-{i}", "messages": [system, *user(f"Question {i}")]} for i in range(3)
-    ])
+    batch = create_batch(
+        requests=[
+            {"custom_id": f"r-{i}", "messages": [system, *user(f"Question {i}")]} for i in range(3)
+        ]
+    )
     run_to_end(batch)
     completions = list(batch.completions.order_by("batch_custom_id"))
     for completion in completions:
         usage = completion.response_payload["usage"]
-        assert completion.reasoning_tokens == usage["completion_tokens_details"][
-            "reasoning_tokens"] > 0
+        assert (
+            completion.reasoning_tokens
+            == usage["completion_tokens_details"]["reasoning_tokens"]
+            > 0
+        )
         # xAI's quirk: reasoning is outside completion_tokens but inside total_tokens.
         assert completion.total_tokens == (
             completion.prompt_tokens + completion.completion_tokens + completion.reasoning_tokens
@@ -223,11 +250,16 @@ def test_structured_output_parsed_or_failed_with_raw_text_kept(emulator: Any) ->
     from raif_batches import create_batch
 
     fmt = {"type": "json_object"}
-    batch = create_batch(requests=[
-        {"custom_id": "good", "messages": user("Label it"), "response_format": fmt},
-        {"custom_id": "bad", "messages": user("Label [[emulator:invalid-json]]"),
-         "response_format": fmt},
-    ])
+    batch = create_batch(
+        requests=[
+            {"custom_id": "good", "messages": user("Label it"), "response_format": fmt},
+            {
+                "custom_id": "bad",
+                "messages": user("Label [[emulator:invalid-json]]"),
+                "response_format": fmt,
+            },
+        ]
+    )
     run_to_end(batch)
     good = batch.completions.get(batch_custom_id="good")
     bad = batch.completions.get(batch_custom_id="bad")
@@ -240,9 +272,15 @@ def test_tool_calls_stored(emulator: Any) -> None:
     from raif_batches import create_batch
 
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]
-    batch = create_batch(requests=[{
-        "custom_id": "t", "messages": user("Find it [[emulator:tool-call]]"), "tools": tools,
-    }])
+    batch = create_batch(
+        requests=[
+            {
+                "custom_id": "t",
+                "messages": user("Find it [[emulator:tool-call]]"),
+                "tools": tools,
+            }
+        ]
+    )
     run_to_end(batch)
     completion = batch.completions.get()
     assert completion.finish_reason == "tool_calls"
@@ -278,8 +316,10 @@ def test_cancel_keeps_results_produced_and_waits_for_reverted_counts(
     assert succeeded == batch.request_counts["succeeded"] >= 4
     cancelled = batch.completions.filter(status="failed")
     assert cancelled.count() == 8 - succeeded
-    assert {c.failure_reason for c in cancelled} <= {"Batch cancelled",
-                                                     "The batch was canceled before it ran."}
+    assert {c.failure_reason for c in cancelled} <= {
+        "Batch cancelled",
+        "The batch was canceled before it ran.",
+    }
 
 
 def test_expired_batch_keeps_finished_results(emulator: Any) -> None:
