@@ -448,6 +448,8 @@ class EmulatorState:
             self._validate(batch, now)
         self._progress(batch, min(now, batch.expire_time), read)
         if now >= batch.expire_time and not batch.expired:
+            # Lines left at expiry read "Batch cancelled"; cancel_time stays null, as nobody
+            # cancelled: a client tells expiry apart by expire_time.
             batch.expired = True
             self._cancel_pending(batch, batch.expire_time)
         if batch.revert_lines and now >= batch.revert_at:
