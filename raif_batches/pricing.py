@@ -26,19 +26,21 @@ USD_PER_TICK = Decimal("1e-10")
 COST_QUANTUM = Decimal("1e-10")
 MILLION = Decimal(1_000_000)
 
-#: Taken from xAI's public price list on 2026-11-01. Prices change: override in settings.
-PRICING_TAKEN_ON = "2026-11-01"
+#: List prices as published for xAI's API on 2026-07-13 (a public price mirror checked against
+#: xAI's console), cached input at 0.25x of input (xAI's prompt-caching guide), and the 20%
+#: batch discount xAI applied to these models in late 2026. Prices change: override in settings.
+PRICING_TAKEN_ON = "2026-07-13"
 DEFAULT_PRICING: dict[str, dict[str, str]] = {
     "grok-4.3": {
-        "input": "3.00",
-        "cached_input": "0.75",
-        "output": "15.00",
+        "input": "1.25",
+        "cached_input": "0.3125",
+        "output": "2.50",
         "batch_discount": "0.20",
     },
     "grok-4.20-0309-*": {
-        "input": "2.00",
-        "cached_input": "0.50",
-        "output": "10.00",
+        "input": "1.25",
+        "cached_input": "0.3125",
+        "output": "2.50",
         "batch_discount": "0.20",
     },
 }

@@ -40,7 +40,9 @@ def emulator(xai_emulator: Any, settings: Any) -> Any:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    if connection.vendor == "postgresql":
+    from django.conf import settings
+
+    if not settings.configured or connection.vendor == "postgresql":
         return
     skip = pytest.mark.skip(reason="needs PostgreSQL (real row locks and processes)")
     for item in items:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from example_project.tickets.handlers import LABEL_FORMAT
 from example_project.tickets.models import Ticket
 from raif_batches import create_batch, poll, submit
 from raif_batches.models import ModelCompletionBatch
@@ -23,6 +24,7 @@ SYSTEM = (
     "Classify the support ticket as one of: billing, bug, feature, account, other. "
     'Answer with JSON: {"label": "..."}.'
 )
+HANDLER = "example_project.tickets.handlers.write_labels"
 TICKETS = [
     ("Charged twice this month", "My card shows two charges for the March invoice."),
     ("App crashes on login", "Since the last update the iOS app closes when I log in."),
@@ -115,7 +117,7 @@ class Command(BaseCommand):
                     ],
                     "temperature": 0.2,
                     "max_tokens": 200,
-                    "response_format": {"type": "json_object"},
+                    "response_format": LABEL_FORMAT,
                     "source": ticket,
                 }
             )
@@ -169,13 +171,19 @@ class Command(BaseCommand):
             },
         ]
         return create_batch(
-            provider="xai", model="grok-4.3", requests=requests, name="Demo: classify tickets"
+            provider="xai",
+            model="grok-4.3",
+            requests=requests,
+            name="Demo: classify tickets",
+            handler=HANDLER,
         )
 
     def print_table(self, batch: ModelCompletionBatch) -> None:
         rows = [("custom id", "status", "tokens", "cost (USD)", "answer or failure")]
         for c in batch.completions.order_by("batch_custom_id"):
             text = c.raw_response if c.status == "completed" else c.failure_reason
+            if c.status == "completed" and isinstance(c.response_json, dict):
+                text = f"label: {c.response_json.get('label')}"
             if c.status == "completed" and c.response_tool_calls:
                 text = f"tool call: {c.response_tool_calls[0]['function']['name']}"
             rows.append(
@@ -196,8 +204,11 @@ class Command(BaseCommand):
         batch.refresh_from_db()
         done = batch.completions.filter(status="completed").count()
         failed = batch.completions.filter(status="failed").count()
+        ticket_ids = batch.completions.exclude(source_object_id="").values("source_object_id")
+        labelled = Ticket.objects.filter(pk__in=ticket_ids).exclude(label="").count()
         self.stdout.write(
             f"\nBatch {batch.pk} {batch.status}: {done} completed, {failed} failed; "
             f"cost ${batch.total_cost or 0:.10f} (prompt ${batch.prompt_token_cost or 0:.10f}, "
-            f"output ${batch.output_token_cost or 0:.10f})."
+            f"output ${batch.output_token_cost or 0:.10f}).\n"
+            f"The handler wrote labels to {labelled} ticket(s)."
         )
