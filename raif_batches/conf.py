@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 300.0,
     # Parallel HTTP status reads in one poll_batches run.
     "POLL_CONCURRENCY": 16,
-    # Seconds after which an unfinished batch is cancelled and its unfinished requests expired.
+    # Seconds after submission at which an unfinished batch is cancelled; what is unfinished expires.
     "MAX_BATCH_AGE": 2 * 24 * 3600.0,
     # Seconds a cancelled batch's counts must stay unchanged before they are trusted.
     "CANCEL_GRACE_SECONDS": 120.0,

@@ -215,7 +215,7 @@ def _drive(
         if batch.status == BatchStatus.SUBMITTING:
             _submit_one(strategies[batch.provider], batch, worker, report)
         elif batch.status in IN_FLIGHT_STATUSES:
-            if batch.cancel_requested_at is None and now - batch.created_at > max_age:
+            if batch.cancel_requested_at is None and now - _age_start(batch) > max_age:
                 try:
                     strategies[batch.provider].cancel(batch, reason="deadline")
                     report.cancelled_for_age.append(batch.pk)
@@ -356,3 +356,8 @@ def run_handler(batch: ModelCompletionBatch) -> bool:
         done.handler_error = ""
         done.save(update_fields=["handler_called_at", "handler_error"])
     return True
+
+
+def _age_start(batch: ModelCompletionBatch) -> datetime:
+    """A batch's age counts from its submission: time spent pending costs nothing."""
+    return batch.submitted_at or batch.created_at

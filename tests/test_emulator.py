@@ -80,12 +80,21 @@ class Client:
         return self.http.post(f"{self.url}/batches/{batch_id}:cancel").json()
 
 
-def line(custom_id: str, text: str = "What is 2+2?", model: str = "grok-4.3",
-         system: str | None = None, **body: Any) -> dict[str, Any]:
+def line(
+    custom_id: str,
+    text: str = "What is 2+2?",
+    model: str = "grok-4.3",
+    system: str | None = None,
+    **body: Any,
+) -> dict[str, Any]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": text})
-    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
-            "body": {"model": model, "messages": messages, **body}}
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": messages, **body},
+    }
 
 
 def completion(entry: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +102,16 @@ def completion(entry: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def counts(n: int = 0, pending: int = 0, ok: int = 0, err: int = 0, cancelled: int = 0
-           ) -> dict[str, int]:
-    return {"num_requests": n, "num_pending": pending, "num_success": ok, "num_error": err,
-            "num_cancelled": cancelled}
+def counts(
+    n: int = 0, pending: int = 0, ok: int = 0, err: int = 0, cancelled: int = 0
+) -> dict[str, int]:
+    return {
+        "num_requests": n,
+        "num_pending": pending,
+        "num_success": ok,
+        "num_error": err,
+        "num_cancelled": cancelled,
+    }
 
 
 # -- the happy path -------------------------------------------------------------------------------
@@ -108,8 +123,9 @@ def test_upload_create_validate_and_finish(emu: EmulatorServer) -> None:
     assert file["id"].startswith("file_") and file["object"] == "file"
     assert file["bytes"] > 0 and file["filename"] == "batch.jsonl" and file["expires_at"] is None
 
-    created = client.http.post(f"{client.url}/batches",
-                               json={"name": "first", "input_file_id": file["id"]}).json()
+    created = client.http.post(
+        f"{client.url}/batches", json={"name": "first", "input_file_id": file["id"]}
+    ).json()
     assert created["batch_id"].startswith("batch_") and created["name"] == "first"
     assert created["state"] == counts()  # validation is asynchronous
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", created["create_time"])
@@ -155,8 +171,9 @@ def test_progress_by_clock() -> None:
 
 @pytest.mark.parametrize("end", [None, ""])
 def test_results_sorted_and_paginated(end: str | None) -> None:
-    with run_emulator(api_key=KEY, config=EmulatorConfig(pagination_end=end,
-                                                         validation_reads=0)) as emu:
+    with run_emulator(
+        api_key=KEY, config=EmulatorConfig(pagination_end=end, validation_reads=0)
+    ) as emu:
         client = Client(emu)
         order = ["g", "c", "a", "f", "b", "e", "d"]
         batch_id = client.create([line(x) for x in order])["batch_id"]
@@ -169,10 +186,18 @@ def test_results_sorted_and_paginated(end: str | None) -> None:
                 break
         assert pages == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
         assert token == end and "pagination_token" in page
-        assert client.http.get(f"{client.url}/batches/{batch_id}/results",
-                               params={"limit": 0}).status_code == 400
-        assert client.http.get(f"{client.url}/batches/{batch_id}/results",
-                               params={"pagination_token": "!!"}).status_code == 400
+        assert (
+            client.http.get(
+                f"{client.url}/batches/{batch_id}/results", params={"limit": 0}
+            ).status_code
+            == 400
+        )
+        assert (
+            client.http.get(
+                f"{client.url}/batches/{batch_id}/results", params={"pagination_token": "!!"}
+            ).status_code
+            == 400
+        )
         big = client.page(batch_id, limit=5000)  # clamped to 1000, not refused
         assert len(big["results"]) == 7
         requests_page = client.page(batch_id, "requests", limit=10)
@@ -186,9 +211,13 @@ def test_per_line_errors_in_each_shape(shape: str) -> None:
     config = EmulatorConfig(error_shape=shape, validation_reads=0)
     with run_emulator(api_key=KEY, config=config) as emu:
         client = Client(emu)
-        batch_id = client.create([
-            line("a-ok"), line("b-neg", max_tokens=-5), line("c-marked", "[[emulator:error boom]]"),
-        ])["batch_id"]
+        batch_id = client.create(
+            [
+                line("a-ok"),
+                line("b-neg", max_tokens=-5),
+                line("c-marked", "[[emulator:error boom]]"),
+            ]
+        )["batch_id"]
         assert client.counts(batch_id) == counts(3, ok=1, err=2)
         results = client.results(batch_id)
         expected = "Maximum number of tokens max_tokens must be positive but max_tokens = -5"
@@ -229,15 +258,24 @@ def test_unknown_entities_are_404(emu: EmulatorServer) -> None:
         assert set(answer.json()) == {"code", "error"}
 
 
-@pytest.mark.parametrize(("lines", "message"), [
-    ([line("a"), '{"custom_id": "b", oops', line("c")],
-     "JSONL file validation failed: line 2: invalid JSON: "),
-    ([line("a"), line("b", model="grok-4.6")],
-     "JSONL file validation failed: Model grok-4.6 is not supported for batch processing."),
-    ([line("a"), line("a")], "JSONL file validation failed: line 2: duplicate custom_id 'a'"),
-    ([{"custom_id": "a", "url": "/v1/chat/completions", "body": {}}],
-     "JSONL file validation failed: line 1: missing required field 'method'"),
-])
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            [line("a"), '{"custom_id": "b", oops', line("c")],
+            "JSONL file validation failed: line 2: invalid JSON: ",
+        ),
+        (
+            [line("a"), line("b", model="grok-4.6")],
+            "JSONL file validation failed: Model grok-4.6 is not supported for batch processing.",
+        ),
+        ([line("a"), line("a")], "JSONL file validation failed: line 2: duplicate custom_id 'a'"),
+        (
+            [{"custom_id": "a", "url": "/v1/chat/completions", "body": {}}],
+            "JSONL file validation failed: line 1: missing required field 'method'",
+        ),
+    ],
+)
 def test_validation_failure_cancels_the_whole_batch(
     emu: EmulatorServer, lines: list[Any], message: str
 ) -> None:
@@ -256,8 +294,10 @@ def test_upload_expires_after_must_be_in_range_and_first(emu: EmulatorServer) ->
     good = client.upload([line("a")], expires_after="3600")
     assert good.status_code == 200 and good.json()["expires_at"] == good.json()["created_at"] + 3600
     assert client.upload([line("a")], expires_after="60").status_code == 400
-    late = client.http.post(f"{client.url}/files", files=[
-        ("file", ("batch.jsonl", json.dumps(line("a")))), ("expires_after", (None, "3600"))])
+    late = client.http.post(
+        f"{client.url}/files",
+        files=[("file", ("batch.jsonl", json.dumps(line("a")))), ("expires_after", (None, "3600"))],
+    )
     assert late.status_code == 400 and "before file" in late.json()["error"]
 
 
@@ -294,8 +334,9 @@ def test_cancel_of_finished_batch_only_stamps_cancel_time(emu: EmulatorServer) -
 
 
 def test_expiry_cancels_pending_and_keeps_finished_results() -> None:
-    config = EmulatorConfig(seconds_per_request=10, validation_reads=0, expire_after_seconds=100,
-                            time_format="rfc3339")
+    config = EmulatorConfig(
+        seconds_per_request=10, validation_reads=0, expire_after_seconds=100, time_format="rfc3339"
+    )
     with run_emulator(api_key=KEY, config=config) as emu:
         client = Client(emu)
         batch = client.create([line(f"r-{i:02d}") for i in range(20)])
@@ -323,8 +364,9 @@ def test_list_batches_pages_team_wide(emu: EmulatorServer) -> None:
         client.create([line("a")], name=f"batch-{i}")
     names, token = [], None
     while True:
-        page = client.http.get(f"{client.url}/batches",
-                               params={"limit": 2, "pagination_token": token}).json()
+        page = client.http.get(
+            f"{client.url}/batches", params={"limit": 2, "pagination_token": token}
+        ).json()
         names += [b["name"] for b in page["batches"]]
         token = page["pagination_token"]
         if token is None:
@@ -340,8 +382,14 @@ def test_inline_mode_and_its_refusals(emu: EmulatorServer) -> None:
 
     def add(rid: str, text: str = "hi", model: str = "grok-4.3") -> requests.Response:
         body = {"model": model, "messages": [{"role": "user", "content": text}]}
-        return client.http.post(url, json={"batch_requests": [
-            {"batch_request_id": rid, "batch_request": {"chat_get_completion": body}}]})
+        return client.http.post(
+            url,
+            json={
+                "batch_requests": [
+                    {"batch_request_id": rid, "batch_request": {"chat_get_completion": body}}
+                ]
+            },
+        )
 
     assert add("x").status_code == 200
     assert add("x").status_code == 200  # same content: idempotent
@@ -352,8 +400,9 @@ def test_inline_mode_and_its_refusals(emu: EmulatorServer) -> None:
     assert client.counts(inline["batch_id"]) == counts(1, ok=1)
 
     file_batch = client.create([line("a")])["batch_id"]
-    sealed = client.http.post(f"{client.url}/batches/{file_batch}/requests",
-                              json={"batch_requests": []})
+    sealed = client.http.post(
+        f"{client.url}/batches/{file_batch}/requests", json={"batch_requests": []}
+    )
     assert sealed.status_code == 412
     assert sealed.json()["error"] == "Cannot add inline requests to a file-based batch"
     client.cancel(inline["batch_id"])
@@ -364,9 +413,12 @@ def test_inline_mode_and_its_refusals(emu: EmulatorServer) -> None:
 def test_reasoning_tokens_are_outside_completion_tokens(emu: EmulatorServer) -> None:
     emu.config.validation_reads = 0
     client = Client(emu)
-    batch_id = client.create([
-        line("a", model="grok-4.3"), line("b", model="grok-4.20-0309-non-reasoning"),
-    ])["batch_id"]
+    batch_id = client.create(
+        [
+            line("a", model="grok-4.3"),
+            line("b", model="grok-4.20-0309-non-reasoning"),
+        ]
+    )["batch_id"]
     results = client.results(batch_id)
     reasoning = completion(results["a"])
     usage = reasoning["usage"]
@@ -377,7 +429,7 @@ def test_reasoning_tokens_are_outside_completion_tokens(emu: EmulatorServer) -> 
     )
     assert reasoning["choices"][0]["message"]["reasoning_content"]
     # Reasoning is billed as output: $3 in, $15 out per million, 20% batch discount.
-    expected = (usage["prompt_tokens"] * 3 + (usage["completion_tokens"] + reasoning_tokens) * 15)
+    expected = usage["prompt_tokens"] * 3 + (usage["completion_tokens"] + reasoning_tokens) * 15
     assert usage["cost_in_usd_ticks"] == round(expected * 10_000 * 0.8)
     plain = completion(results["b"])
     assert plain["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
@@ -387,14 +439,25 @@ def test_reasoning_tokens_are_outside_completion_tokens(emu: EmulatorServer) -> 
 def test_json_tool_calls_and_cache(emu: EmulatorServer) -> None:
     emu.config.validation_reads = 0
     client = Client(emu)
-    tool = {"type": "function", "function": {"name": "lookup", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string"}}}}}
-    batch_id = client.create([
-        line("json", response_format={"type": "json_object"}, system="Be brief"),
-        line("broken", "[[emulator:invalid-json]] hi", response_format={"type": "json_object"},
-             system="Be brief"),
-        line("tool", "[[emulator:tool-call]] weather?", tools=[tool]),
-    ])["batch_id"]
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    batch_id = client.create(
+        [
+            line("json", response_format={"type": "json_object"}, system="Be brief"),
+            line(
+                "broken",
+                "[[emulator:invalid-json]] hi",
+                response_format={"type": "json_object"},
+                system="Be brief",
+            ),
+            line("tool", "[[emulator:tool-call]] weather?", tools=[tool]),
+        ]
+    )["batch_id"]
     results = client.results(batch_id)
     answer = json.loads(completion(results["json"])["choices"][0]["message"]["content"])
     assert set(answer) == {"answer", "label"}
@@ -499,16 +562,19 @@ def test_probability_faults_replay_with_the_seed() -> None:
         with run_emulator(api_key=KEY, config=EmulatorConfig(seed=7)) as emu:
             emu.state.add_fault(Fault(None, "status", status=503, times=None, probability=0.5))
             client = Client(emu)
-            outcomes.append([client.http.get(f"{client.url}/batches").status_code
-                             for _ in range(12)])
+            outcomes.append(
+                [client.http.get(f"{client.url}/batches").status_code for _ in range(12)]
+            )
     assert outcomes[0] == outcomes[1] and {200, 503} == set(outcomes[0])
 
 
 # -- the pytest fixtures --------------------------------------------------------------------------
 def test_function_fixture(xai_emulator: EmulatorServer) -> None:
     assert xai_emulator.base_url.startswith("http://127.0.0.1:")
-    assert requests.get(f"{xai_emulator.base_url}/batches",
-                        headers={"Authorization": f"Bearer {xai_emulator.api_key}"}).ok
+    assert requests.get(
+        f"{xai_emulator.base_url}/batches",
+        headers={"Authorization": f"Bearer {xai_emulator.api_key}"},
+    ).ok
 
 
 def test_session_fixture_resets(xai_emulator_server: EmulatorServer) -> None:

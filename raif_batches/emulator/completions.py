@@ -50,9 +50,7 @@ class Outcome:
 
 def model_matches(model: str, patterns: Any) -> bool:
     """``patterns`` holds exact names or prefixes ending in ``*`` (``"grok-4.20-0309*"``)."""
-    return any(
-        model.startswith(p[:-1]) if p.endswith("*") else model == p for p in patterns
-    )
+    return any(model.startswith(p[:-1]) if p.endswith("*") else model == p for p in patterns)
 
 
 def price_for(model: str, prices: dict[str, ModelPrice]) -> ModelPrice:
@@ -86,9 +84,7 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict)
-        )
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
     return ""
 
 
@@ -178,11 +174,16 @@ def complete(
     if tools and TOOL_CALL_MARKER in last_user:
         function = tools[0].get("function") or {}
         arguments = fill_schema(function.get("parameters") or {"type": "object"}, clean[:60])
-        tool_calls = [{
-            "id": f"call_{uuid.uuid5(uuid.NAMESPACE_URL, completion_id).hex[:24]}",
-            "type": "function",
-            "function": {"name": function.get("name", "tool"), "arguments": json.dumps(arguments)},
-        }]
+        tool_calls = [
+            {
+                "id": f"call_{uuid.uuid5(uuid.NAMESPACE_URL, completion_id).hex[:24]}",
+                "type": "function",
+                "function": {
+                    "name": function.get("name", "tool"),
+                    "arguments": json.dumps(arguments),
+                },
+            }
+        ]
         content, finish_reason = None, "tool_calls"
     elif (
         isinstance(response_format, dict)

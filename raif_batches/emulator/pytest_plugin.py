@@ -28,7 +28,9 @@ def xai_emulator(request: pytest.FixtureRequest) -> Iterator[EmulatorServer]:
                 current = None
             if current is not None:
                 settings.RAIF_BATCHES = {
-                    **current, "XAI_BASE_URL": emu.base_url, "XAI_API_KEY": emu.api_key,
+                    **current,
+                    "XAI_BASE_URL": emu.base_url,
+                    "XAI_API_KEY": emu.api_key,
                 }
         yield emu
 

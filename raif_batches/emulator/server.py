@@ -202,7 +202,10 @@ class _Handler(BaseHTTPRequestHandler):
         return state.list_results(str(batch_id), limit, token, bend)
 
     def _send(
-        self, status: int, payload: dict[str, Any], retry_after: float | None = None,
+        self,
+        status: int,
+        payload: dict[str, Any],
+        retry_after: float | None = None,
         close: bool = False,
     ) -> None:
         data = json.dumps(payload).encode()
@@ -252,8 +255,12 @@ class EmulatorServer:
     non-empty bearer key."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, api_key: str | None = "test-key",
-        config: EmulatorConfig | None = None, state: EmulatorState | None = None,
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_key: str | None = "test-key",
+        config: EmulatorConfig | None = None,
+        state: EmulatorState | None = None,
         quiet: bool = True,
     ) -> None:
         self.host, self.port, self.api_key, self.quiet = host, port, api_key, quiet
@@ -290,7 +297,9 @@ class EmulatorServer:
         self.port = self._httpd.server_address[1]
         # A short poll interval keeps stop() fast, which matters with one server per test.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name=f"xai-emulator-{self.port}",
+            target=self._httpd.serve_forever,
+            args=(0.05,),
+            name=f"xai-emulator-{self.port}",
             daemon=True,
         )
         self._thread.start()
@@ -325,8 +334,11 @@ class EmulatorServer:
 
 @contextlib.contextmanager
 def run_emulator(
-    api_key: str | None = "test-key", config: EmulatorConfig | None = None,
-    host: str = "127.0.0.1", port: int = 0, quiet: bool = True,
+    api_key: str | None = "test-key",
+    config: EmulatorConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    quiet: bool = True,
 ) -> Iterator[EmulatorServer]:
     """Start an emulator for the ``with`` block: ``with run_emulator() as emu: emu.base_url``."""
     server = EmulatorServer(host=host, port=port, api_key=api_key, config=config, quiet=quiet)
@@ -335,4 +347,3 @@ def run_emulator(
         yield server
     finally:
         server.stop()
-

@@ -30,8 +30,14 @@ from .completions import ModelPrice, Outcome, chat_messages, complete, model_mat
 from .faults import Fault, FaultBook
 
 ENDPOINTS = (
-    "upload_file", "create_batch", "get_batch", "list_batches",
-    "list_requests", "list_results", "cancel_batch", "add_requests",
+    "upload_file",
+    "create_batch",
+    "get_batch",
+    "list_batches",
+    "list_requests",
+    "list_results",
+    "cancel_batch",
+    "add_requests",
 )
 CHAT_ENDPOINT = "xai_api.Chat/GetCompletion"
 LINE_KEYS = ("custom_id", "method", "url", "body")
@@ -105,10 +111,13 @@ class UploadedFile:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "object": "file", "bytes": len(self.content),
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
             "created_at": int(self.created_at),
             "expires_at": None if self.expires_at is None else int(self.expires_at),
-            "filename": self.filename, "purpose": self.purpose,
+            "filename": self.filename,
+            "purpose": self.purpose,
         }
 
 
@@ -249,8 +258,12 @@ class EmulatorState:
         with self._lock:
             now = self.now()
             record = UploadedFile(
-                id=f"file_{uuid.uuid4()}", filename=filename, purpose=purpose, content=content,
-                created_at=now, expires_at=None if expires_after is None else now + expires_after,
+                id=f"file_{uuid.uuid4()}",
+                filename=filename,
+                purpose=purpose,
+                content=content,
+                created_at=now,
+                expires_at=None if expires_after is None else now + expires_after,
             )
             self.files[record.id] = record
             return record.as_json()
@@ -266,9 +279,14 @@ class EmulatorState:
                     raise ApiError(404, f"File {input_file_id} not found")
                 source = file.content
             batch = Batch(
-                batch_id=f"batch_{uuid.uuid4()}", name=name, input_file_id=input_file_id,
-                create_time=now, expire_time=now + self.config.expire_after_seconds,
-                api_key_id=api_key_id, seq=len(self.batches), source=source,
+                batch_id=f"batch_{uuid.uuid4()}",
+                name=name,
+                input_file_id=input_file_id,
+                create_time=now,
+                expire_time=now + self.config.expire_after_seconds,
+                api_key_id=api_key_id,
+                seq=len(self.batches),
+                source=source,
                 zero_reads_left=max(0, self.config.validation_reads),
             )
             self.batches[batch.batch_id] = batch
@@ -329,8 +347,11 @@ class EmulatorState:
                 req = item.get("batch_request") if isinstance(item, dict) else None
                 body = req.get("chat_get_completion") if isinstance(req, dict) else None
                 if not isinstance(rid, str) or not rid or not isinstance(body, dict):
-                    raise ApiError(400, "Each batch request needs batch_request_id and "
-                                        "batch_request.chat_get_completion")
+                    raise ApiError(
+                        400,
+                        "Each batch request needs batch_request_id and "
+                        "batch_request.chat_get_completion",
+                    )
                 model = str(body.get("model", ""))
                 if not model_matches(model, self.config.supported_models):
                     raise ApiError(400, f"Model {model} is not supported for batch processing.")
@@ -359,11 +380,16 @@ class EmulatorState:
             metadata = []
             for rid in ids:
                 line = batch.by_id[rid]
-                metadata.append({
-                    "batch_request_id": rid, "endpoint": CHAT_ENDPOINT, "model": line.model,
-                    "state": line.state, "create_time": self._time(line.create_time),
-                    "finish_time": self._time(line.finish_time),
-                })
+                metadata.append(
+                    {
+                        "batch_request_id": rid,
+                        "endpoint": CHAT_ENDPOINT,
+                        "model": line.model,
+                        "state": line.state,
+                        "create_time": self._time(line.create_time),
+                        "finish_time": self._time(line.finish_time),
+                    }
+                )
             return {"batch_request_metadata": metadata, "pagination_token": next_token}
 
     def list_results(
@@ -410,8 +436,12 @@ class EmulatorState:
         return time.strftime(pattern, time.gmtime(value))
 
     def _page(
-        self, keys: list[str], include: Callable[[str], bool], limit: int | None,
-        token: str | None, bend: str | None,
+        self,
+        keys: list[str],
+        include: Callable[[str], bool],
+        limit: int | None,
+        token: str | None,
+        bend: str | None,
     ) -> tuple[list[str], str | None]:
         """Cursor pagination over sorted keys: a token is "start after this key", so lines that
         finish between two pages neither shift nor duplicate the next page."""
@@ -492,7 +522,10 @@ class EmulatorState:
     ) -> Outcome:
         completion_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{batch.batch_id}/{rid}"))
         return complete(
-            body, completion_id=completion_id, created=int(when), cache_hit=hit,
+            body,
+            completion_id=completion_id,
+            created=int(when),
+            cache_hit=hit,
             prices=self.config.prices,
         )
 
@@ -574,25 +607,36 @@ class EmulatorState:
         return None
 
     def _view(self, batch: Batch, omit_state: bool = False) -> dict[str, Any]:
-        counts = {"num_requests": 0, "num_pending": 0, "num_success": 0, "num_error": 0,
-                  "num_cancelled": 0}
+        counts = {
+            "num_requests": 0,
+            "num_pending": 0,
+            "num_success": 0,
+            "num_error": 0,
+            "num_cancelled": 0,
+        }
         ticks = finished = 0
         if batch.rejected_count:
             counts["num_requests"] = counts["num_cancelled"] = batch.rejected_count
         elif batch.validated:
             counts["num_requests"] = len(batch.lines)
-            key = {"pending": "num_pending", "succeeded": "num_success", "failed": "num_error",
-                   "cancelled": "num_cancelled"}
+            key = {
+                "pending": "num_pending",
+                "succeeded": "num_success",
+                "failed": "num_error",
+                "cancelled": "num_cancelled",
+            }
             for line in batch.lines:
                 counts[key[line.state]] += 1
                 ticks += line.cost_ticks
             finished = counts["num_success"] + counts["num_error"]
         endpoint_costs = (
             [{"endpoint": CHAT_ENDPOINT, "cost_usd_ticks": ticks, "request_count": finished}]
-            if finished else []
+            if finished
+            else []
         )
         view: dict[str, Any] = {
-            "batch_id": batch.batch_id, "name": batch.name,
+            "batch_id": batch.batch_id,
+            "name": batch.name,
             "create_time": self._time(batch.create_time),
             "expire_time": self._time(batch.expire_time),
             "create_api_key_id": batch.api_key_id,
@@ -600,7 +644,8 @@ class EmulatorState:
             "cancel_by_xai_message": batch.cancel_by_xai_message,
             "state": counts,
             "cost_breakdown": {
-                "total_cost_usd_ticks": ticks, "endpoint_costs": endpoint_costs,
+                "total_cost_usd_ticks": ticks,
+                "endpoint_costs": endpoint_costs,
                 "calculation_time": self._time(self.now()),
             },
             "input_file_id": batch.input_file_id,
@@ -613,16 +658,20 @@ class EmulatorState:
         self, rid: str, state: str, completion: dict[str, Any] | None, error: str | None
     ) -> dict[str, Any]:
         if completion is not None:
-            return {"batch_request_id": rid,
-                    "batch_result": {"response": {"chat_get_completion": completion}}}
+            return {
+                "batch_request_id": rid,
+                "batch_result": {"response": {"chat_get_completion": completion}},
+            }
         message = error or "Unknown error"
         shape = self.config.error_shape
         if shape == "error_message":
             return {"batch_request_id": rid, "error_message": message}
         if shape == "object":
             code = 1 if state == "cancelled" else 3  # gRPC CANCELLED / INVALID_ARGUMENT
-            return {"batch_request_id": rid,
-                    "batch_result": {"error": {"code": code, "message": message}}}
+            return {
+                "batch_request_id": rid,
+                "batch_result": {"error": {"code": code, "message": message}},
+            }
         return {"batch_request_id": rid, "batch_result": {"error": message}}
 
 
