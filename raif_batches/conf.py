@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 300.0,
     # Parallel HTTP status reads in one poll_batches run.
     "POLL_CONCURRENCY": 16,
-    # Seconds after submission at which an unfinished batch is cancelled; what is unfinished expires.
+    # Seconds after submission when an unfinished batch is cancelled (the rest expires).
     "MAX_BATCH_AGE": 2 * 24 * 3600.0,
     # Seconds a cancelled batch's counts must stay unchanged before they are trusted.
     "CANCEL_GRACE_SECONDS": 120.0,
