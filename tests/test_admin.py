@@ -1,0 +1,551 @@
+"""The admin through Django's test client: what operators see, what they may do, what it costs.
+
+Actions run against the emulator over real HTTP, as the commands do; the large-data tests build
+rows with ``bulk_create`` and assert a fixed query budget however many rows there are.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any, cast
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
+from django.http import StreamingHttpResponse
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from raif_batches.models import ModelCompletion, ModelCompletionBatch
+
+from .helpers import make_batch, run_to_end, user
+
+pytestmark = pytest.mark.django_db
+
+BATCHES = reverse("admin:raif_batches_modelcompletionbatch_changelist")
+COMPLETIONS = reverse("admin:raif_batches_modelcompletion_changelist")
+XSS = '<script>window.__xss = 1; document.title = "pwned"</script><img src=x onerror="alert(1)">'
+
+
+def batch_url(pk: int) -> str:
+    return reverse("admin:raif_batches_modelcompletionbatch_change", args=[pk])
+
+
+def run_url(pk: int, action: str) -> str:
+    return reverse("admin:raif_batches_modelcompletionbatch_run", args=[pk, action])
+
+
+def completion_url(pk: int) -> str:
+    return reverse("admin:raif_batches_modelcompletion_change", args=[pk])
+
+
+def streamed(response: Any) -> bytes:
+    assert isinstance(response, StreamingHttpResponse)
+    return b"".join(cast(Iterable[bytes], response.streaming_content))
+
+
+def texts(response: Any) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+def run_action(client: Client, action: str, *batches: ModelCompletionBatch) -> Any:
+    return client.post(
+        BATCHES,
+        {"action": action, "_selected_action": [b.pk for b in batches], "index": 0},
+        follow=True,
+    )
+
+
+def staff(*codenames: str) -> Client:
+    """A logged-in staff user holding only the given raif_batches permissions."""
+    account = User.objects.create_user("operator", password="pw", is_staff=True)
+    account.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="raif_batches", codename__in=codenames)
+    )
+    client = Client()
+    client.force_login(account)
+    return client
+
+
+def action_names(client: Client) -> set[str]:
+    response = client.get(BATCHES)
+    assert response.status_code == 200
+    form = response.context["action_form"]  # None when no action is offered at all
+    return {name for name, _ in form.fields["action"].choices if name} if form else set()
+
+
+def bulk_batches(count: int) -> None:
+    """``count`` batches in every status with realistic counts, inserted in a few queries."""
+    statuses = [choice for choice, _ in ModelCompletionBatch.Status.choices]
+    now = timezone.now()
+    ModelCompletionBatch.objects.bulk_create(
+        [
+            ModelCompletionBatch(
+                name=f"Nightly summaries {i}",
+                model="grok-4.3" if i % 3 else "grok-4.20-0309",
+                status=statuses[i % len(statuses)],
+                provider_batch_id=f"batch_{i:06d}",
+                request_counts={
+                    "total": 1000,
+                    "pending": 1000 - i % 1000,
+                    "succeeded": (i % 1000) * 9 // 10,
+                    "failed": (i % 1000) - (i % 1000) * 9 // 10,
+                    "cancelled": 0,
+                },
+                total_cost=Decimal("0.0012345678") * i,
+                created_at=now,
+                submitted_at=now,
+            )
+            for i in range(count)
+        ],
+        batch_size=1000,
+    )
+
+
+def big_batch(count: int, failed: int) -> ModelCompletionBatch:
+    """An ended batch with ``count`` completions, the first ``failed`` of them failed."""
+    now = timezone.now()
+    batch = ModelCompletionBatch.objects.create(
+        name="Big one",
+        model="grok-4.3",
+        status="ended",
+        provider_batch_id="batch_big",
+        request_counts={
+            "total": count,
+            "pending": 0,
+            "succeeded": count - failed,
+            "failed": failed,
+            "cancelled": 0,
+        },
+        submitted_at=now,
+        started_at=now,
+        ended_at=now,
+        results_fetched_at=now,
+        total_cost=Decimal("1.2345"),
+    )
+    ModelCompletion.objects.bulk_create(
+        (
+            ModelCompletion(
+                batch=batch,
+                batch_custom_id=f"row-{i:05d}",
+                messages=user(f"Question {i}"),
+                status="failed" if i < failed else "completed",
+                raw_response="" if i < failed else f"Answer {i}",
+                failure_error="invalid request" if i < failed else "",
+                failure_reason=f"Line {i} was refused" if i < failed else "",
+                prompt_tokens=10,
+                completion_tokens=5,
+                total_tokens=15,
+                completed_at=None if i < failed else now,
+            )
+            for i in range(count)
+        ),
+        batch_size=5000,
+    )
+    return batch
+
+
+# --- the batch list -------------------------------------------------------------------------
+
+
+def test_batch_list_shows_badge_progress_costs_and_times(admin_client: Client, emulator: Any):
+    batch = run_to_end(make_batch(3, failing=1, name="Weekly digest"))
+    response = admin_client.get(BATCHES)
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Weekly digest" in html
+    assert '<span class="raif-badge raif-status-ended">Ended</span>' in html
+    assert 'class="raif-progress-succeeded" style="width: 75.00%"' in html
+    assert 'class="raif-progress-failed" style="width: 25.00%"' in html
+    assert "4 / 4" in html
+    assert "3 succeeded, 1 failed, 0 cancelled, 0 pending of 4" in html
+    assert str(batch.total_cost.normalize())[:6] in html
+    for column in ("column-created_at", "column-submitted_at", "column-ended_at"):
+        assert column in html
+
+
+def test_batch_list_filters_and_search(admin_client: Client) -> None:
+    bulk_batches(30)
+    response = admin_client.get(BATCHES, {"status__exact": "failed"})
+    assert {b.status for b in response.context["cl"].result_list} == {"failed"}
+    response = admin_client.get(BATCHES, {"model": "grok-4.20-0309"})
+    assert {b.model for b in response.context["cl"].result_list} == {"grok-4.20-0309"}
+    response = admin_client.get(BATCHES, {"provider": "xai"})
+    assert response.context["cl"].result_count == 30
+    today = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    response = admin_client.get(BATCHES, {"created_at__gte": str(today)})
+    assert response.context["cl"].result_count == 30
+    response = admin_client.get(BATCHES, {"q": "batch_000017"})
+    assert [b.provider_batch_id for b in response.context["cl"].result_list] == ["batch_000017"]
+    response = admin_client.get(BATCHES, {"q": '"summaries 29"'})
+    assert [b.name for b in response.context["cl"].result_list] == ["Nightly summaries 29"]
+    filters = response.content.decode()
+    for title in ("By status", "By provider", "By model", "By created at"):
+        assert title in filters
+
+
+def test_batch_list_with_10000_batches_stays_within_10_queries(
+    admin_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    bulk_batches(10_000)
+    admin_client.get(BATCHES)  # warm the session and content types
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(BATCHES)
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 10_000
+    assert len(response.context["cl"].result_list) == 100
+    with django_assert_max_num_queries(10):
+        filtered = admin_client.get(BATCHES, {"status__exact": "in_progress", "q": "Nightly"})
+    assert filtered.status_code == 200
+
+
+# --- the batch page -------------------------------------------------------------------------
+
+
+def test_batch_page_shows_counts_failure_timeline_and_link(admin_client: Client, emulator: Any):
+    batch = run_to_end(make_batch(2, failing=1, name="Digest"))
+    original = make_batch(1)
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(retry_of=original)
+    response = admin_client.get(batch_url(batch.pk))
+    html = response.content.decode()
+    assert response.status_code == 200
+    # Provider fields are shown, never as inputs.
+    assert batch.provider_batch_id in html
+    assert 'name="provider_batch_id"' not in html and 'name="status"' not in html
+    assert 'name="name"' in html  # the operator's own label stays editable
+    # Counts, each a link to the matching completions, and the link to all of them.
+    assert f"{COMPLETIONS}?batch={batch.pk}&amp;status__exact=failed" in html
+    assert f'href="{COMPLETIONS}?batch={batch.pk}"' in html
+    # The failed preview shows the provider's reason.
+    assert "Line 0 violates the usage policy" in html
+    # Timeline in order of events.
+    for label in ("Created", "Submitted", "Ended: ended", "Results fetched"):
+        assert label in html
+    assert html.index("<strong>Submitted</strong>") < html.index("<strong>Results fetched</strong>")
+    assert f'href="{batch_url(original.pk)}">#{original.pk}</a>' in html
+    # Buttons for the actions that apply now: retry and exports, not submit or cancel.
+    actions = [a["name"] for a in response.context["raif_actions"]]
+    assert actions == ["retry_action", "export_jsonl_action", "export_csv_action"]
+
+
+def test_batch_page_with_50000_completions_stays_within_10_queries(
+    admin_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    batch = big_batch(50_000, failed=500)
+    admin_client.get(batch_url(batch.pk))
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(batch_url(batch.pk))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "50,000" in html
+    # Only the first 20 failed completions are loaded, with a link to the rest.
+    assert "row-00019" in html and "row-00020" not in html
+    assert f"{COMPLETIONS}?batch={batch.pk}&amp;status__exact=failed" in html
+    assert "750,000" in html  # token total, from one aggregate
+
+
+def test_completion_list_of_a_50000_batch_stays_within_10_queries(
+    admin_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    batch = big_batch(50_000, failed=10)
+    admin_client.get(COMPLETIONS, {"batch": batch.pk})
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(
+            COMPLETIONS, {"batch": str(batch.pk), "status__exact": "failed"}
+        )
+    assert response.context["cl"].result_count == 10
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(COMPLETIONS, {"batch": batch.pk})
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 50_000
+    assert len(response.context["cl"].result_list) == 100
+    assert f"#{batch.pk} Big one" in response.content.decode()  # the batch filter's one choice
+    response = admin_client.get(COMPLETIONS, {"q": "row-04242"})
+    assert [c.batch_custom_id for c in response.context["cl"].result_list] == ["row-04242"]
+
+
+def test_delete_confirmation_summarises_instead_of_listing_completions(
+    admin_client: Client, django_assert_max_num_queries: Any
+) -> None:
+    batch = big_batch(5000, failed=0)
+    url = reverse("admin:raif_batches_modelcompletionbatch_delete", args=[batch.pk])
+    with django_assert_max_num_queries(10):
+        response = admin_client.get(url)
+    html = response.content.decode()
+    assert "5,000 completions" in html
+    assert "row-00001" not in html
+    admin_client.post(url, {"post": "yes"})
+    assert not ModelCompletion.objects.filter(batch_id=batch.pk).exists()
+
+
+# --- permissions ----------------------------------------------------------------------------
+
+
+def test_actions_are_hidden_without_their_permissions() -> None:
+    batch = make_batch(1)
+    viewer = staff("view_modelcompletionbatch")
+    assert action_names(viewer) == set()
+    page = viewer.get(batch_url(batch.pk))
+    assert page.status_code == 200
+    assert page.context["raif_actions"] == []
+    assert 'class="raif-actions"' not in page.content.decode()
+    assert viewer.post(run_url(batch.pk, "submit_action")).status_code == 403
+    assert viewer.post(run_url(batch.pk, "delete_selected")).status_code == 403
+    # The changelist ignores an action it did not offer.
+    run_action(viewer, "submit_action", batch)
+    batch.refresh_from_db()
+    assert batch.status == "pending"
+    # With one permission, a forged request for another action is refused too.
+    User.objects.filter(username="operator").delete()
+    poller = staff("view_modelcompletionbatch", "poll_modelcompletionbatch")
+    response = run_action(poller, "submit_action", batch)
+    assert texts(response) == ["No action selected."]
+    batch.refresh_from_db()
+    assert batch.status == "pending"
+
+
+def test_each_action_needs_its_own_permission() -> None:
+    codenames = {
+        "submit": "submit_action",
+        "poll": "poll_action",
+        "cancel": "cancel_action",
+        "harvest": "harvest_action",
+        "retry": "retry_action",
+    }
+    for index, (perm, action) in enumerate(codenames.items()):
+        User.objects.filter(username="operator").delete()
+        client = staff("view_modelcompletionbatch", f"{perm}_modelcompletionbatch")
+        assert action_names(client) == {action}, index
+    User.objects.filter(username="operator").delete()
+    client = staff("view_modelcompletionbatch", "export_modelcompletionbatch")
+    assert action_names(client) == {"export_jsonl_action", "export_csv_action"}
+    User.objects.filter(username="operator").delete()
+    client = staff("view_modelcompletionbatch", "delete_modelcompletionbatch")
+    assert action_names(client) == {"delete_selected"}
+
+
+def test_nothing_is_added_and_completions_are_view_only(admin_client: Client) -> None:
+    batch = make_batch(1)
+    completion = batch.completions.get()
+    assert admin_client.get(BATCHES + "add/").status_code == 403
+    assert admin_client.get(COMPLETIONS + "add/").status_code == 403
+    page = admin_client.get(completion_url(completion.pk))
+    assert page.status_code == 200
+    assert 'name="_save"' not in page.content.decode()
+    assert admin_client.post(completion_url(completion.pk), {"status": "completed"}).status_code
+    completion.refresh_from_db()
+    assert completion.status == "pending"
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+def test_submit_action_reports_counts_and_skips_others(admin_client: Client, emulator: Any):
+    first, second = make_batch(2), make_batch(1)
+    done = run_to_end(make_batch(1))
+    response = run_action(admin_client, "submit_action", first, second, done)
+    assert response.status_code == 200
+    messages = texts(response)
+    assert "2 batches submitted." in messages
+    assert "1 batch skipped: only pending batches are submitted." in messages
+    assert emulator.state.count_calls("create_batch") == 3  # two now, one by run_to_end
+    for batch in (first, second):
+        batch.refresh_from_db()
+        assert batch.status == "submitted"
+
+
+def test_poll_action_refreshes_and_fetches_results(admin_client: Client, emulator: Any) -> None:
+    batch = make_batch(3, failing=1)
+    run_action(admin_client, "submit_action", batch)
+    response = None
+    for _ in range(5):
+        response = run_action(admin_client, "poll_action", batch)
+        batch.refresh_from_db()
+        if batch.results_fetched_at:
+            break
+    assert batch.status == "ended" and batch.results_fetched_at is not None
+    assert response is not None
+    assert "Results fetched for 1 batch (4 results stored)." in texts(response)
+    again = run_action(admin_client, "poll_action", batch)
+    assert (
+        "1 batch skipped: nothing to poll (not submitted yet, or finished with results fetched)."
+        in texts(again)
+    )
+
+
+def test_cancel_from_the_batch_page(admin_client: Client, emulator: Any) -> None:
+    emulator.config.requests_per_read = 1  # keep the batch in progress
+    batch = make_batch(5)
+    run_action(admin_client, "submit_action", batch)
+    page = admin_client.get(batch_url(batch.pk))
+    assert "cancel_action" in [a["name"] for a in page.context["raif_actions"]]
+    response = admin_client.post(run_url(batch.pk, "cancel_action"), follow=True)
+    assert response.redirect_chain[-1][0] == batch_url(batch.pk)
+    assert (
+        "Cancellation requested for 1 batch; results already produced will still be fetched."
+        in texts(response)
+    )
+    assert emulator.state.count_calls("cancel_batch") == 1
+    batch.refresh_from_db()
+    assert batch.cancel_requested_at is not None and batch.cancel_reason == "admin"
+    assert "Cancel requested (admin)" in response.content.decode()
+    # Cancelling a pending batch needs no provider call; an ended one is skipped with a reason.
+    pending = make_batch(1)
+    ended = run_to_end(make_batch(1))
+    response = run_action(admin_client, "cancel_action", pending, ended)
+    messages = texts(response)
+    assert any("Cancellation requested for 1 batch" in m for m in messages)
+    assert f"Batch {ended.pk} is already ended." in messages
+    pending.refresh_from_db()
+    assert pending.status == "canceled"
+
+
+def test_harvest_action(admin_client: Client, emulator: Any) -> None:
+    batch = make_batch(2)
+    run_action(admin_client, "submit_action", batch)
+    batch.refresh_from_db()
+    page = admin_client.get(batch_url(batch.pk))
+    assert "harvest_action" not in [a["name"] for a in page.context["raif_actions"]]
+    for _ in range(5):  # status reads only, as a poller would, without fetching results
+        batch = batch.refresh_status()
+        if batch.is_terminal:
+            break
+    assert batch.status == "ended" and batch.results_fetched_at is None
+    page = admin_client.get(batch_url(batch.pk))
+    assert "harvest_action" in [a["name"] for a in page.context["raif_actions"]]
+    response = run_action(admin_client, "harvest_action", batch)
+    assert "Results fetched for 1 batch (2 results stored)." in texts(response)
+    assert batch.completions.filter(status="completed").count() == 2
+    response = run_action(admin_client, "harvest_action", batch)
+    assert "No results fetched." in texts(response)
+
+
+def test_retry_action_creates_linked_batch(admin_client: Client, emulator: Any) -> None:
+    batch = run_to_end(make_batch(2, failing=2))
+    clean = run_to_end(make_batch(1))
+    response = run_action(admin_client, "retry_action", batch, clean)
+    retry = ModelCompletionBatch.objects.get(retry_of=batch)
+    assert retry.status == "pending"
+    assert sorted(retry.completions.values_list("batch_custom_id", flat=True)) == [
+        "bad-000",
+        "bad-001",
+    ]
+    messages = texts(response)
+    assert any(
+        f'1 retry batch created: <a href="{batch_url(retry.pk)}">#{retry.pk}</a> (2 requests)' in m
+        for m in messages
+    )
+    assert "1 batch skipped: no failed completions to retry." in messages
+    assert f'<a href="{batch_url(retry.pk)}">#{retry.pk}</a>' in response.content.decode()
+
+
+def test_exports_stream_every_row(admin_client: Client, emulator: Any) -> None:
+    batch = run_to_end(make_batch(2, failing=1))
+    ModelCompletion.objects.filter(batch=batch, batch_custom_id="req-000").update(
+        raw_response='=HYPERLINK("http://evil")'
+    )
+    response = admin_client.post(
+        BATCHES, {"action": "export_jsonl_action", "_selected_action": [batch.pk]}
+    )
+    assert response.streaming
+    assert response["Content-Type"].startswith("application/x-ndjson")
+    assert 'filename="raif-batch-' in response["Content-Disposition"]
+    lines = [json.loads(line) for line in streamed(response).splitlines()]
+    assert [row["custom_id"] for row in lines] == ["req-000", "req-001", "bad-000"]
+    assert lines[1]["response"].startswith("Emulated answer to: Question number 1")
+    assert lines[2]["status"] == "failed"
+    assert lines[2]["failure_reason"] == "Line 0 violates the usage policy"
+    assert Decimal(lines[1]["total_cost"]) > 0
+
+    response = admin_client.post(run_url(batch.pk, "export_csv_action"))
+    assert response.streaming and response["Content-Type"].startswith("text/csv")
+    body = streamed(response).decode()
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert [row["custom_id"] for row in rows] == ["req-000", "req-001", "bad-000"]
+    # A spreadsheet must not run model output as a formula.
+    assert rows[0]["response"] == '\'=HYPERLINK("http://evil")'
+
+
+def test_exports_need_the_export_permission(emulator: Any) -> None:
+    batch = make_batch(1)
+    client = staff("view_modelcompletionbatch", "poll_modelcompletionbatch")
+    assert client.post(run_url(batch.pk, "export_jsonl_action")).status_code == 403
+    response = client.post(
+        BATCHES, {"action": "export_csv_action", "_selected_action": [batch.pk]}, follow=True
+    )
+    assert not getattr(response, "streaming", False)
+
+
+# --- failures shown, never a 500, never the key ---------------------------------------------
+
+
+def test_rejected_key_is_an_error_message_without_the_key(
+    admin_client: Client, emulator: Any, settings: Any
+) -> None:
+    secret = "xai-THIS-KEY-MUST-NEVER-BE-SHOWN"
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "XAI_API_KEY": secret}
+    batch = make_batch(1)
+    response = run_action(admin_client, "submit_action", batch)
+    assert response.status_code == 200
+    errors = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "error"]
+    assert any("API key rejected" in e for e in errors), errors
+    assert secret not in response.content.decode()
+    assert all(secret not in m for m in texts(response))
+
+
+def test_unreachable_provider_and_missing_key_are_error_messages(
+    admin_client: Client, emulator: Any, settings: Any
+) -> None:
+    batch = make_batch(1)
+    run_action(admin_client, "submit_action", batch)
+    settings.RAIF_BATCHES = {
+        **settings.RAIF_BATCHES,
+        "XAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "RETRY": {"MAX_ATTEMPTS": 2, "BACKOFF_BASE": 0.01, "BACKOFF_MAX": 0.01},
+    }
+    response = admin_client.post(run_url(batch.pk, "cancel_action"), follow=True)
+    assert response.status_code == 200
+    errors = [str(m) for m in get_messages(response.wsgi_request) if m.level_tag == "error"]
+    assert len(errors) == 1 and errors[0].startswith(f"batch {batch.pk}: "), errors
+
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "XAI_API_KEY": ""}
+    response = run_action(admin_client, "submit_action", make_batch(1))
+    assert response.status_code == 200
+    assert any("No xAI API key" in m for m in texts(response)), texts(response)
+
+
+# --- model output is text -------------------------------------------------------------------
+
+
+def test_model_output_and_names_are_escaped_everywhere(admin_client: Client, emulator: Any):
+    batch = run_to_end(make_batch(1, failing=1, name=f"Evil {XSS}"))
+    completion = batch.completions.get(status="completed")
+    completion.raw_response = f"Here you go: {XSS}"
+    completion.response_payload = {"choices": [{"message": {"content": XSS}}]}
+    completion.response_json = {"html": XSS}
+    completion.messages = user(XSS)
+    completion.save()
+    batch.completions.filter(status="failed").update(failure_reason=XSS, failure_error=XSS[:60])
+
+    pages = {
+        "batch list": admin_client.get(BATCHES),
+        "batch page": admin_client.get(batch_url(batch.pk)),
+        "completion list": admin_client.get(COMPLETIONS, {"batch": batch.pk}),
+        "completion page": admin_client.get(completion_url(completion.pk)),
+    }
+    for where, response in pages.items():
+        html = response.content.decode()
+        assert response.status_code == 200, where
+        assert "<script>window.__xss" not in html, where
+        assert "<img src=x" not in html, where
+        assert "&lt;script&gt;window.__xss = 1" in html, where
+    page = pages["completion page"].content.decode()
+    # Pretty-printed inside <pre>: the answer as text, the payloads as indented JSON.
+    assert '<pre class="raif-pre raif-wrap">Here you go: &lt;script&gt;' in page
+    assert "{\n  &quot;html&quot;: &quot;&lt;script&gt;" in page
+    assert "&quot;role&quot;: &quot;user&quot;" in page
