@@ -30,7 +30,12 @@ from .exceptions import (
 logger = logging.getLogger("raif_batches.http")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout)
+# ChunkedEncodingError: the connection closed in the middle of the answer's body.
+TRANSIENT_EXCEPTIONS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
 REDACTED = "[redacted]"
 
 
@@ -49,7 +54,16 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+def scrub_request(request: Any) -> None:
+    """Blank the key in a sent request's headers: errors keep the request (``error.request``,
+    ``error.response.request``), and error reporters show it."""
+    headers = getattr(request, "headers", None)
+    if headers is not None and "Authorization" in headers:
+        headers["Authorization"] = f"Bearer {REDACTED}"
+
+
 def retry_after_seconds(response: requests.Response | None) -> float | None:
+    """Seconds asked by ``Retry-After`` (a number or an HTTP date); None when absent or bad."""
     if response is None:
         return None
     value = response.headers.get("Retry-After")
@@ -58,8 +72,12 @@ def retry_after_seconds(response: requests.Response | None) -> float | None:
     try:
         return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(parsed.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, IndexError):
+        return None  # unreadable: fall back to our own backoff
+    return max(parsed.timestamp() - time.time(), 0.0)
 
 
 class ApiClient:
@@ -124,13 +142,16 @@ class ApiClient:
                     timeout=self.timeout,
                 )
             except TRANSIENT_EXCEPTIONS as error:
-                failure: ProviderError = self._transient(f"{method} {path}: {error}")
+                scrub_request(error.request)
+                failure: ProviderError = self._transient(f"{type(error).__name__}: {error}")
                 if not idempotent:
                     raise AmbiguousSubmission(
                         f"{method} {path} got no answer ({type(error).__name__}); "
                         "it may have been accepted."
                     ) from error
             else:
+                for sent in (*response.history, response):
+                    scrub_request(sent.request)
                 if response.status_code < 400:
                     return self._decode(response)
                 failure = self.classify_error(response)
@@ -145,7 +166,8 @@ class ApiClient:
             delay = self._backoff(attempt, retry_after_seconds(response))
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_seconds:
                 raise ProviderUnavailable(
-                    f"gave up after {attempt} attempt(s) in {elapsed:.1f}s: {failure}",
+                    f"gave up after {attempt} attempt(s) in {elapsed:.1f}s on {method} {path}: "
+                    f"{failure}",
                     status_code=failure.status_code,
                 )
             logger.warning(

@@ -253,10 +253,14 @@ def _refresh_concurrently(
         except Exception as error:  # reported below, on the calling thread
             return error
 
-    workers = min(int(get_setting("POLL_CONCURRENCY")), len(batches))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
-        snapshots = list(pool.map(read, batches))
-    for batch, snapshot in zip(batches, snapshots, strict=True):
+    # The first read goes alone: a rejected key then stops the run after one call instead of
+    # one call per batch.
+    snapshots = [read(batches[0])]
+    if not isinstance(snapshots[0], ProviderAuthenticationError) and len(batches) > 1:
+        workers = min(int(get_setting("POLL_CONCURRENCY")), len(batches) - 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
+            snapshots.extend(pool.map(read, batches[1:]))
+    for batch, snapshot in zip(batches, snapshots, strict=False):
         if isinstance(snapshot, ProviderAuthenticationError):
             _note_on_batch(batch, snapshot)
             report.fatal = snapshot

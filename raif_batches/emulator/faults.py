@@ -11,7 +11,15 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("status", "latency", "drop", "accept_then_drop", "repeat_page", "overlap_page")
+KINDS = (
+    "status",
+    "latency",
+    "drop",
+    "accept_then_drop",
+    "truncate",
+    "repeat_page",
+    "overlap_page",
+)
 
 #: gRPC status texts, which xAI puts in the ``code`` field of every error body.
 GRPC_TEXT = {
@@ -43,6 +51,8 @@ class Fault:
     ``kind`` is one of :data:`KINDS`: ``status`` answers ``status`` (with ``Retry-After`` when
     ``retry_after`` is set); ``latency`` sleeps ``delay`` then serves; ``drop`` closes the
     connection before any work; ``accept_then_drop`` does the work, then closes without answering;
+    ``truncate`` does the work and closes halfway through the answer's body (its headers promise
+    the whole length);
     ``repeat_page`` / ``overlap_page`` bend the next page token of a list call. ``times=None``
     fires forever; ``probability`` is drawn from the emulator's seeded generator.
     """

@@ -165,6 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "accept_then_drop":
             self._drop()
             return
+        if fault is not None and fault.kind == "truncate":
+            self._truncate(status, payload)
+            return
         self._send(status, payload)
 
     def _dispatch(
@@ -222,6 +225,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+
+    def _truncate(self, status: int, payload: dict[str, Any]) -> None:
+        """Send the headers and half the body, then close: the answer ends mid-body. Recorded
+        with status 0, as the client never gets a usable answer."""
+        data = json.dumps(payload).encode()
+        self._record()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self._drop()
 
     def _drop(self) -> None:
         """Close the socket without a byte of answer: the client sees a connection error."""

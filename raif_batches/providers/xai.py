@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import IO, Any
@@ -28,6 +29,8 @@ logger = logging.getLogger("raif_batches.xai")
 
 CHAT_COMPLETIONS_URL = "/v1/chat/completions"
 MAX_PAGE_SIZE = 1000
+#: Times one pagination token may come back before the listing is abandoned as looping.
+MAX_TOKEN_REPEATS = 3
 
 
 class XAIClient(ApiClient):
@@ -283,7 +286,7 @@ class XAIStrategy(BatchStrategy):
         """Yield each page's items until the token is ``null`` or ``""`` (both observed)."""
         limit = max(1, min(int(get_setting("RESULTS_PAGE_SIZE")), MAX_PAGE_SIZE))
         token: str | None = None
-        seen_tokens: set[str] = set()
+        seen_tokens: Counter[str] = Counter()
         while True:
             params: dict[str, Any] = {"limit": limit}
             if token:
@@ -293,9 +296,11 @@ class XAIStrategy(BatchStrategy):
             token = answer.get("pagination_token") or None
             if token is None:
                 return
-            if token in seen_tokens:
+            # A page served twice is harmless (results apply once), so a token that comes back
+            # is followed again; one that never moves on would loop forever.
+            seen_tokens[token] += 1
+            if seen_tokens[token] > MAX_TOKEN_REPEATS:
                 raise ProviderUnavailable(f"GET {path}: pagination token repeated; stopping.")
-            seen_tokens.add(token)
 
     def _paginate(self, path: str, key: str) -> Iterator[dict[str, Any]]:
         for page in self._pages(path, key):
