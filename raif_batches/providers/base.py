@@ -35,6 +35,7 @@ from ..conf import get_setting
 from ..exceptions import (
     AmbiguousSubmission,
     BatchStateError,
+    InvalidBatchRequest,
     ProviderAuthenticationError,
     ProviderError,
     ProviderNotFound,
@@ -277,7 +278,11 @@ class BatchStrategy:
             if timezone.now() - batch.create_attempted_at < wait:
                 logger.info("Batch %s: create unanswered; reconciling after %s", batch.pk, wait)
                 return batch
-            found = self.find_provider_batch(batch.provider_batch_name)
+            try:
+                found = self.find_provider_batch(batch.provider_batch_name)
+            except ProviderError as error:
+                self._note_failure(batch.pk, error)  # still submitting; the reason is shown
+                raise
             if found is not None:
                 logger.warning(
                     "Batch %s: adopting provider batch %s created by an unanswered call",
@@ -299,7 +304,8 @@ class BatchStrategy:
                 self._claim(locked, worker, timezone.now())  # a fresh lease covers the call
                 locked.save(update_fields=["create_attempted_at", "claimed_by", "claimed_until"])
             batch.create_attempted_at = locked.create_attempted_at
-        except ProviderError as error:
+        except (ProviderError, InvalidBatchRequest) as error:
+            # Nothing was created at the provider: back to pending, with the reason shown.
             self._abandon_submission(batch, error, reset_file=False)
             raise
         try:
@@ -358,7 +364,11 @@ class BatchStrategy:
         return locked
 
     def _abandon_submission(
-        self, batch: ModelCompletionBatch, error: ProviderError, *, reset_file: bool
+        self,
+        batch: ModelCompletionBatch,
+        error: ProviderError | InvalidBatchRequest,
+        *,
+        reset_file: bool,
     ) -> None:
         """Nothing was created at the provider: back to pending, with the reason shown."""
         with transaction.atomic():
@@ -369,7 +379,8 @@ class BatchStrategy:
             locked.create_attempted_at = None
             if reset_file:
                 locked.input_file_id = ""
-            locked.failure_error = error.kind[:FAILURE_TEXT_LIMIT]
+            kind = error.kind if isinstance(error, ProviderError) else "invalid request"
+            locked.failure_error = kind[:FAILURE_TEXT_LIMIT]
             locked.failure_reason = str(error)
             locked.save()
 
@@ -660,6 +671,11 @@ class BatchStrategy:
                 failure_reason=reason[1][:FAILURE_TEXT_LIMIT],
                 failed_at=now,
             )
+            if locked.status == BatchStatus.EXPIRED:
+                # The provider reports lines cut by a deadline as cancelled; they expired.
+                locked.completions.filter(failure_error="request cancelled").update(
+                    failure_error="request expired"
+                )
             totals = locked.completions.aggregate(
                 prompt=Sum("prompt_token_cost"),
                 output=Sum("output_token_cost"),
