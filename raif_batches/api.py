@@ -11,6 +11,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils.module_loading import import_string
 
+from .bulk import insert_instances
 from .exceptions import InvalidBatchRequest
 from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
 from .providers import get_strategy_class
@@ -79,11 +80,11 @@ def create_batch(
                 )
             chunk.append(completion)
             if len(chunk) >= INSERT_CHUNK:
-                ModelCompletion.objects.bulk_create(chunk)
+                insert_instances(ModelCompletion, chunk)
                 chunk = []
         if count == 0:
             raise InvalidBatchRequest("a batch needs at least one request.")
-        ModelCompletion.objects.bulk_create(chunk)
+        insert_instances(ModelCompletion, chunk)
         batch.request_counts = {
             "total": count,
             "pending": count,
