@@ -23,6 +23,7 @@ from ..conf import api_key, get_setting
 from ..exceptions import InvalidBatchRequest, ProviderUnavailable
 from ..http import ApiClient, build_session
 from ..models import ModelCompletion, ModelCompletionBatch
+from ..readahead import read_ahead
 from .base import BatchSnapshot, BatchStrategy, ParsedCompletion, ResultEntry
 
 logger = logging.getLogger("raif_batches.xai")
@@ -255,7 +256,12 @@ class XAIStrategy(BatchStrategy):
     # -- results ------------------------------------------------------------------------------
 
     def iter_result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
+        """Pages of parsed results; the next page is read and parsed while the caller stores
+        this one (see :mod:`raif_batches.readahead`)."""
         path = f"/batches/{provider_batch_id}/results"
+        return read_ahead(self._result_pages(path), name="raif-results")
+
+    def _result_pages(self, path: str) -> Iterator[list[ResultEntry]]:
         for page in self._pages(path, "results"):
             entries: list[ResultEntry] = []
             for item in page:
