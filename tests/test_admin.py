@@ -164,9 +164,12 @@ def test_batch_list_shows_badge_progress_costs_and_times(admin_client: Client, e
     assert 'class="raif-progress-failed" style="width: 25.00%"' in html
     assert "4 / 4" in html
     assert "3 succeeded, 1 failed, 0 cancelled, 0 pending of 4" in html
-    assert str(batch.total_cost.normalize())[:6] in html
-    for column in ("column-created_at", "column-submitted_at", "column-ended_at"):
+    assert batch.total_cost is not None
+    exact = format(batch.total_cost.normalize(), "f")
+    assert f'title="${exact}">${batch.total_cost:.6f}</span>' in html
+    for column in ("column-created", "column-submitted", "column-ended"):
         assert column in html
+    assert html.count('<time class="raif-time"') == 3
 
 
 def test_batch_list_filters_and_search(admin_client: Client) -> None:
