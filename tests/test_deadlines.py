@@ -87,6 +87,10 @@ def test_deadline_waits_for_reverted_counts_like_any_cancel(emulator: Any, setti
     batch.refresh_from_db()
     assert batch.status == "cancelling" and batch.results_fetched_at is None
     time.sleep(0.6)
+    poll(force=True)  # sees the reverted counts: the grace period starts again
+    batch.refresh_from_db()
+    assert batch.status == "cancelling"
+    time.sleep(0.6)
     batch = run_to_end(batch)
     assert batch.status == "expired"
     # Two lines flipped back to succeeded after the cancel: their results are stored.
