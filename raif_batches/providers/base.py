@@ -548,26 +548,30 @@ class BatchStrategy:
                 return 0
             stored = ModelCompletion.objects.filter(
                 batch_id=batch.pk, batch_custom_id__in=list(by_id)
-            ).values_list("batch_custom_id", "status", "response_format")
-            known = {}
+            ).values_list("pk", "batch_custom_id", "status", "response_format")
+            known: dict[str, tuple[int, Any]] = {}
             seen = set()
-            for custom_id, status, response_format in stored:
+            for pk, custom_id, status, response_format in stored:
                 seen.add(custom_id)
                 if status == CompletionStatus.PENDING:
-                    known[custom_id] = response_format
+                    known[custom_id] = (pk, response_format)
             for custom_id in by_id.keys() - seen:
                 logger.warning(
                     "Batch %s: provider returned a result for unknown id %r; skipped",
                     batch.pk,
                     custom_id,
                 )
-            rows = [
-                self.result_row(locked, by_id[cid], response_format, now)
-                for cid, response_format in known.items()
-            ]
+            rows = []
+            for custom_id, (pk, response_format) in known.items():
+                row = self.result_row(locked, by_id[custom_id], response_format, now)
+                row["id"] = pk
+                rows.append(row)
+            # Matched on the primary key read above: with (batch, custom id) and the status
+            # filter, PostgreSQL may probe the (batch, status) index and scan every pending row
+            # of the batch for each result, when its statistics say that few rows are pending.
             changed = update_from_values(
                 ModelCompletion,
-                key_fields=("batch", "batch_custom_id"),
+                key_fields=("id",),
                 set_fields=RESULT_FIELDS,
                 rows=rows,
                 where="t.status = %s",
