@@ -1,0 +1,1 @@
+"""Benchmarks of the paths that must scale; run ``python -m benchmarks.run``."""

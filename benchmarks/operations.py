@@ -1,0 +1,639 @@
+"""The measured operations and their baselines; each runs in a child process of ``run.py``.
+
+Every operation builds what it needs outside the measurement, resets the peak-memory mark, and
+returns one measurement per line of the table. Baselines get the same data, the same HTTP pages
+and the same per-result parsing (``result_row``) as our code; only the way rows reach the
+database differs, so the ratio is the cost of that way and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import django
+
+MB = 1024 * 1024
+BIG_BATCH = "bench-50k"
+SYSTEM_PROMPT = (
+    "You label customer reviews as positive, negative or neutral. Answer with the label and "
+    "one short sentence that explains it."
+)
+API_KEY = "bench-key"
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Lower the resident high-water mark to the current size (Linux 4.0+), so the peak read
+    after an operation is that operation's, not its setup's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_mb() -> float:
+    current = _status_kb("VmRSS")
+    return current / 1024 if current is not None else peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux; it follows VmHWM, including its reset.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class QueryCounter:
+    """Counts statements sent on the connection (see run.py for why not CaptureQueriesContext)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.count += 1
+        return execute(sql, params, many, context)
+
+
+@dataclass
+class Measure:
+    wall: float = 0.0
+    queries: int = 0
+    peak_rss_mb: float = 0.0
+    rss_delta_mb: float = 0.0
+
+
+@contextmanager
+def measure() -> Iterator[Measure]:
+    from django.db import connection
+
+    gc.collect()
+    reset_peak_rss()
+    before = rss_mb()
+    counter = QueryCounter()
+    result = Measure()
+    started = time.perf_counter()
+    with connection.execute_wrapper(counter):
+        yield result
+    result.wall = time.perf_counter() - started
+    result.queries = counter.count
+    result.peak_rss_mb = peak_rss_mb()
+    result.rss_delta_mb = result.peak_rss_mb - before
+
+
+def row(
+    key: str,
+    operation: str,
+    m: Measure,
+    *,
+    n: int,
+    item: str,
+    units: int = 0,
+    unit: str = "",
+    label: str = "",
+    baselines: tuple[str, ...] = (),
+    compare: str = "time",
+    target: str = "",
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "operation": operation,
+        "label": label or operation,
+        "n": n,
+        "item": item,
+        "wall": m.wall,
+        "seconds_per_item": m.wall / max(n, 1),
+        "peak_rss_mb": m.peak_rss_mb,
+        "rss_delta_mb": m.rss_delta_mb,
+        "queries": m.queries,
+        "units": units,
+        "unit": unit,
+        "baselines": list(baselines),
+        "compare": compare,
+        "target": target,
+    }
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"{'✓' if ok else '✗'} {text}"
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def review_requests(count: int, prefix: str) -> Iterator[dict[str, Any]]:
+    """Realistic small classification requests, generated lazily (not held by the caller)."""
+    for number in range(count):
+        yield {
+            "custom_id": f"{prefix}-{number:06d}",
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {
+                    "role": "user",
+                    "content": f"Review {number}: the parcel came {number % 17} days late, "
+                    "but the kettle works well and boils quickly.",
+                },
+            ],
+            "temperature": 0.2,
+            "max_tokens": 64,
+        }
+
+
+def big_batch() -> Any:
+    from raif_batches.models import ModelCompletionBatch
+
+    return ModelCompletionBatch.objects.get(name=BIG_BATCH)
+
+
+def use_emulator(base_url: str, **extra: Any) -> None:
+    from django.conf import settings
+
+    settings.RAIF_BATCHES = {"XAI_BASE_URL": base_url, "XAI_API_KEY": API_KEY, **extra}
+
+
+def vacuum(*models: Any) -> None:
+    """Leave no dead rows from a setup step for the measured step to wade through."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        for model in models:
+            cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from raif_batches import create_batch
+    from raif_batches.api import INSERT_CHUNK
+
+    with measure() as m:
+        batch = create_batch(
+            model="grok-4.3", requests=review_requests(args.rows, "r"), name=BIG_BATCH
+        )
+    assert batch.completions.count() == args.rows
+    chunks = math.ceil(args.rows / INSERT_CHUNK)
+    return [
+        row(
+            "create",
+            f"create_batch: one INSERT per {INSERT_CHUNK:,} requests",
+            m,
+            n=args.rows,
+            item="requests",
+            units=chunks,
+            unit="chunk",
+            baselines=("create_per_row",),
+            target=verdict(m.wall < 10, "a few seconds (< 10 s)"),
+        )
+    ]
+
+
+def op_create_baseline_per_row(
+    args: argparse.Namespace, context: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from django.db import transaction
+
+    from raif_batches.models import ModelCompletion, ModelCompletionBatch
+
+    sample = min(args.save_sample, args.rows)
+    batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-baseline")
+    with measure() as m, transaction.atomic():
+        for request in review_requests(sample, "b"):
+            ModelCompletion.objects.create(
+                batch=batch,
+                batch_custom_id=request["custom_id"],
+                messages=request["messages"],
+                temperature=request["temperature"],
+                max_tokens=request["max_tokens"],
+            )
+    batch.delete()
+    return [
+        row(
+            "create_per_row",
+            f"baseline: one INSERT per request, one transaction (sample of {sample:,})",
+            m,
+            n=sample,
+            item="requests",
+            label="INSERT per row",
+        )
+    ]
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+def op_submit(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from raif_batches.polling import submit
+
+    use_emulator(context["instant"]["base_url"])
+    batch = big_batch()
+    with measure() as m:
+        report = submit([batch.pk])
+    assert report.submitted == [batch.pk], report
+    # Not measured: read the status until the emulator has run every line.
+    batch.refresh_from_db()
+    strategy = batch.get_strategy()
+    for _ in range(10):
+        batch = strategy.fetch_status(batch)
+        if batch.is_terminal:
+            break
+    assert batch.status == "ended", batch.status
+    return [
+        row(
+            "submit",
+            "submit: JSONL streamed from the DB to the upload",
+            m,
+            n=args.rows,
+            item="requests",
+            baselines=("submit_in_memory",),
+            compare="memory",
+            target=verdict(m.peak_rss_mb < 200, "peak < 200 MB"),
+        )
+    ]
+
+
+def op_submit_baseline_in_memory(
+    args: argparse.Namespace, context: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from raif_batches.models import ModelCompletion
+
+    use_emulator(context["instant"]["base_url"])
+    batch = big_batch()
+    strategy: Any = batch.get_strategy()
+    with measure() as m:
+        completions = list(ModelCompletion.objects.filter(batch_id=batch.pk).order_by("pk"))
+        jsonl = b"".join(strategy.build_line(batch, completion) for completion in completions)
+        strategy.client.request(
+            "POST",
+            "/files",
+            idempotent=True,
+            data={"purpose": "batch"},
+            files={"file": ("baseline.jsonl", jsonl, "application/jsonl")},
+        )
+    return [
+        row(
+            "submit_in_memory",
+            "baseline: whole JSONL built in memory, then uploaded (the seed's way)",
+            m,
+            n=args.rows,
+            item="requests",
+            label="the in-memory JSONL",
+        )
+    ]
+
+
+# --- harvest --------------------------------------------------------------------------------
+
+
+def reset_results(batch: Any) -> None:
+    """Put every completion back to pending, as before the results were fetched."""
+    from raif_batches.models import CompletionStatus, ModelCompletion
+    from raif_batches.providers.base import RESULT_FIELDS
+
+    blank: dict[str, Any] = {name: None for name in RESULT_FIELDS}
+    blank.update(
+        status=CompletionStatus.PENDING,
+        raw_response="",
+        finish_reason="",
+        failure_error="",
+        failure_reason="",
+    )
+    ModelCompletion.objects.filter(batch_id=batch.pk).update(**blank)
+    type(batch).objects.filter(pk=batch.pk).update(
+        results_fetched_at=None, prompt_token_cost=None, output_token_cost=None, total_cost=None
+    )
+    batch.refresh_from_db()
+    vacuum(ModelCompletion, type(batch))
+
+
+def _harvest_setup(context: dict[str, Any]) -> tuple[Any, Any]:
+    use_emulator(context["instant"]["base_url"])
+    batch = big_batch()
+    reset_results(batch)
+    return batch, batch.get_strategy()
+
+
+def op_harvest(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from raif_batches.conf import get_setting
+    from raif_batches.models import CompletionStatus
+
+    batch, strategy = _harvest_setup(context)
+    with measure() as m:
+        applied = strategy.fetch_results(batch)
+    assert applied == args.rows, applied
+    assert batch.completions.filter(status=CompletionStatus.COMPLETED).count() == args.rows
+    pages = math.ceil(args.rows / int(get_setting("RESULTS_PAGE_SIZE")))
+    per_page = m.queries / pages
+    return [
+        row(
+            "harvest",
+            "harvest: one UPDATE … FROM jsonb_to_recordset per 1,000-result page",
+            m,
+            n=args.rows,
+            item="results",
+            units=pages,
+            unit="page",
+            baselines=("harvest_save", "harvest_bulk_update"),
+            target=verdict(m.peak_rss_mb < 200 and per_page <= 5, "< 200 MB, ≤ 5 q/page"),
+        )
+        | {"min_speedup": {"harvest_save": 10, "harvest_bulk_update": 3}}
+    ]
+
+
+def _harvest_baseline(
+    context: dict[str, Any], sample: int, apply_page: Callable[[Any, Any, list[Any]], int]
+) -> tuple[Measure, int, int]:
+    batch, strategy = _harvest_setup(context)
+    applied = pages = 0
+    with measure() as m:
+        for page in strategy.iter_result_pages(batch.provider_batch_id):
+            applied += apply_page(strategy, batch, page)
+            pages += 1
+            if applied >= sample:
+                break
+    return m, applied, pages
+
+
+def _apply_with_save(strategy: Any, batch: Any, page: list[Any]) -> int:
+    """The seed's way: reload each completion, then ``save()`` it."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from raif_batches.models import CompletionStatus, ModelCompletion
+    from raif_batches.providers.base import RESULT_FIELDS
+
+    now = timezone.now()
+    changed = 0
+    with transaction.atomic():
+        locked = strategy.lock(batch.pk)
+        for entry in page:
+            completion = ModelCompletion.objects.get(
+                batch_id=batch.pk, batch_custom_id=entry.custom_id
+            )
+            if completion.status != CompletionStatus.PENDING:
+                continue
+            values = strategy.result_row(locked, entry, completion.response_format, now)
+            for name in RESULT_FIELDS:
+                setattr(completion, name, values[name])
+            completion.save()
+            changed += 1
+    return changed
+
+
+def _apply_with_bulk_update(strategy: Any, batch: Any, page: list[Any]) -> int:
+    """Django's ``bulk_update``: one SELECT of the page, then CASE-per-column UPDATEs."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    from raif_batches.models import CompletionStatus, ModelCompletion
+    from raif_batches.providers.base import RESULT_FIELDS
+
+    now = timezone.now()
+    by_id = {entry.custom_id: entry for entry in page}
+    with transaction.atomic():
+        locked = strategy.lock(batch.pk)
+        completions = list(
+            ModelCompletion.objects.filter(
+                batch_id=batch.pk, batch_custom_id__in=list(by_id), status=CompletionStatus.PENDING
+            )
+        )
+        for completion in completions:
+            entry = by_id[completion.batch_custom_id]
+            values = strategy.result_row(locked, entry, completion.response_format, now)
+            for name in RESULT_FIELDS:
+                setattr(completion, name, values[name])
+        ModelCompletion.objects.bulk_update(completions, RESULT_FIELDS, batch_size=1000)
+    return len(completions)
+
+
+def op_harvest_baseline_save(
+    args: argparse.Namespace, context: dict[str, Any]
+) -> list[dict[str, Any]]:
+    m, applied, pages = _harvest_baseline(context, args.save_sample, _apply_with_save)
+    return [
+        row(
+            "harvest_save",
+            f"baseline: reload + save() per row (sample of {applied:,}, per row)",
+            m,
+            n=applied,
+            item="results",
+            units=pages,
+            unit="page",
+            label="save() per row",
+        )
+    ]
+
+
+def op_harvest_baseline_bulk_update(
+    args: argparse.Namespace, context: dict[str, Any]
+) -> list[dict[str, Any]]:
+    m, applied, pages = _harvest_baseline(context, args.bulk_sample, _apply_with_bulk_update)
+    sample = "" if applied >= args.rows else f" (sample of {applied:,}, per row)"
+    return [
+        row(
+            "harvest_bulk_update",
+            f"baseline: bulk_update, chunks of 1,000{sample}",
+            m,
+            n=applied,
+            item="results",
+            units=pages,
+            unit="page",
+            label="bulk_update",
+        )
+    ]
+
+
+# --- poll -----------------------------------------------------------------------------------
+
+
+def _poll_setup(context: dict[str, Any], **extra: Any) -> list[int]:
+    """One local in-progress batch per emulator batch, all due for a status read."""
+    from django.utils import timezone
+
+    from raif_batches.models import BatchStatus, ModelCompletionBatch
+
+    use_emulator(context["slow"]["base_url"], **extra)
+    ModelCompletionBatch.objects.filter(name__startswith="bench-poll-").delete()
+    now = timezone.now()
+    batches = [
+        ModelCompletionBatch(
+            name=f"bench-poll-{number}",
+            model="grok-4.3",
+            status=BatchStatus.IN_PROGRESS,
+            provider_batch_id=provider_id,
+            submitted_at=now - timedelta(minutes=5),
+            started_at=now - timedelta(minutes=5),
+            request_counts={"total": 1, "pending": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
+        )
+        for number, provider_id in enumerate(context["slow"]["batch_ids"])
+    ]
+    created = ModelCompletionBatch.objects.bulk_create(batches, batch_size=1000)
+    vacuum(ModelCompletionBatch)
+    return [batch.pk for batch in created]
+
+
+def op_poll(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from raif_batches.conf import get_setting
+    from raif_batches.polling import poll
+
+    ids = _poll_setup(context)
+    with measure() as m:
+        report = poll()
+    assert report.ok and report.refreshed == len(ids), report
+    threads = int(get_setting("POLL_CONCURRENCY"))
+    return [
+        row(
+            "poll",
+            f"poll: {len(ids):,} in flight, 50 ms a call, {threads} threads",
+            m,
+            n=len(ids),
+            item="batches",
+            units=len(ids),
+            unit="batch",
+            baselines=("poll_sequential",),
+            target=verdict(m.wall < 10, "< 10 s"),
+        )
+    ]
+
+
+def op_poll_baseline_sequential(
+    args: argparse.Namespace, context: dict[str, Any]
+) -> list[dict[str, Any]]:
+    from raif_batches.polling import poll
+
+    _poll_setup(context, POLL_CONCURRENCY=1)
+    with measure() as m:
+        report = poll(limit=args.poll_sample)
+    assert report.ok and report.refreshed == args.poll_sample, report
+    return [
+        row(
+            "poll_sequential",
+            f"baseline: one status read at a time (sample of {args.poll_sample:,}, per batch)",
+            m,
+            n=args.poll_sample,
+            item="batches",
+            units=args.poll_sample,
+            unit="batch",
+            label="sequential reads",
+        )
+    ]
+
+
+# --- admin ----------------------------------------------------------------------------------
+
+
+def op_admin(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+    from django.urls import reverse
+    from django.utils import timezone
+
+    from raif_batches.models import BatchStatus, ModelCompletionBatch
+
+    setup_test_environment()  # lets the test client's "testserver" host in
+    missing = args.admin_batches - ModelCompletionBatch.objects.count()
+    now = timezone.now()
+    ModelCompletionBatch.objects.bulk_create(
+        (
+            ModelCompletionBatch(
+                name=f"bench-admin-{number}",
+                model="grok-4.3",
+                status=BatchStatus.ENDED,
+                provider_batch_id=f"batch_admin_{number}",
+                ended_at=now,
+                results_fetched_at=now,
+            )
+            for number in range(max(missing, 0))
+        ),
+        batch_size=2000,
+    )
+    vacuum(ModelCompletionBatch)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username="bench").first() or (
+        user_model.objects.create_superuser("bench", "bench@example.com", "bench")
+    )
+    client = Client()
+    client.force_login(user)
+    batch = big_batch()
+    total = ModelCompletionBatch.objects.count()
+    pages = [
+        (
+            "admin: batch list",
+            reverse("admin:raif_batches_modelcompletionbatch_changelist"),
+            total,
+            "batches",
+        ),
+        (
+            "admin: batch page",
+            reverse("admin:raif_batches_modelcompletionbatch_change", args=[batch.pk]),
+            batch.completions.count(),
+            "completions",
+        ),
+        (
+            "admin: completions of the batch",
+            reverse("admin:raif_batches_modelcompletion_changelist")
+            + f"?batch__id__exact={batch.pk}",
+            batch.completions.count(),
+            "completions",
+        ),
+    ]
+    results: list[dict[str, Any]] = []
+    for label, url, n, item in pages:
+        client.get(url)  # warm caches and templates; counts do not depend on it
+        with measure() as m:
+            response = client.get(url)
+        status = f"HTTP {response.status_code}; "
+        results.append(
+            row(
+                f"admin_{len(results)}",
+                label,
+                m,
+                n=n,
+                item=item,
+                target=status + verdict(m.queries <= 10, "≤ 10 queries"),
+            )
+        )
+    return results
+
+
+OPERATIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], list[dict[str, Any]]]] = {
+    "create": op_create,
+    "create_baseline_per_row": op_create_baseline_per_row,
+    "submit": op_submit,
+    "submit_baseline_in_memory": op_submit_baseline_in_memory,
+    "harvest": op_harvest,
+    "harvest_baseline_save": op_harvest_baseline_save,
+    "harvest_baseline_bulk_update": op_harvest_baseline_bulk_update,
+    "poll": op_poll,
+    "poll_baseline_sequential": op_poll_baseline_sequential,
+    "admin": op_admin,
+}
+
+
+def run(name: str, args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    django.setup()
+    return OPERATIONS[name](args, context)

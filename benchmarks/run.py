@@ -1,0 +1,209 @@
+"""One command for every scale target of issue 5: ``python -m benchmarks.run``.
+
+The parent process prepares the database (``DATABASE_URL``, by default the PostgreSQL database
+``raif_bench`` on 127.0.0.1, created and migrated when missing; its raif_batches tables are
+emptied), starts two emulators in processes of their own (one instant, one with 50 ms of latency
+per call and 1,000 batches in flight), then runs each operation in a fresh child process and
+prints the table.
+
+Why a child per operation: peak memory is read from ``getrusage().ru_maxrss``, the process's
+resident high-water mark, which only rises. In a fresh process that mark belongs to one
+operation, counts memory allocated by C code (psycopg, json) that ``tracemalloc`` cannot see,
+and costs nothing while the clock runs (``tracemalloc`` slows Python code several times, which
+would make the timings, baselines included, meaningless).
+
+Why queries are counted with ``connection.execute_wrapper`` rather than
+``CaptureQueriesContext``: the latter keeps at most 9,000 statements (the per-row baseline runs
+more) and renders every statement's SQL while the clock runs. Both count the same thing: one per
+``execute``/``executemany`` sent on the connection. The tests use ``CaptureQueriesContext``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/raif_bench"
+
+#: Child operations, in the order they must run (later ones use the data earlier ones built).
+OPERATIONS = (
+    "create",
+    "create_baseline_per_row",
+    "submit",
+    "submit_baseline_in_memory",
+    "harvest_baseline_save",
+    "harvest_baseline_bulk_update",
+    "harvest",
+    "poll_baseline_sequential",
+    "poll",
+    "admin",
+)
+
+
+# --- the parent: database, emulators, children, table ----------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", choices=OPERATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, default=50_000, help="requests in the big batch")
+    parser.add_argument("--batches", type=int, default=1_000, help="in-flight batches to poll")
+    parser.add_argument("--admin-batches", type=int, default=10_000)
+    parser.add_argument("--save-sample", type=int, default=5_000, help="rows for save() baseline")
+    parser.add_argument("--bulk-sample", type=int, default=10_000, help="rows for bulk_update")
+    parser.add_argument("--poll-sample", type=int, default=100, help="batches, sequential poll")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    args = parser.parse_args()
+    os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    if args.child:
+        from . import operations
+
+        measurements = operations.run(args.child, args, json.loads(os.environ["BENCH_CONTEXT"]))
+        print("BENCH-RESULT " + json.dumps(measurements), flush=True)
+        return
+    started = time.monotonic()
+    prepare_database()
+    results: list[dict[str, Any]] = []
+    slow_options = ("--latency", "0.05", "--in-flight", str(args.batches))
+    with emulator() as instant, emulator(*slow_options) as slow:
+        context = {"instant": instant, "slow": slow}
+        for operation in OPERATIONS:
+            results.extend(run_child(operation, context))
+    print()
+    print(render_table(results))
+    print(f"\nbenchmark finished in {time.monotonic() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def prepare_database() -> None:
+    """Create the database if it is missing, migrate it, and empty the app's tables."""
+    import environ
+
+    config = environ.Env.db_url_config(os.environ["DATABASE_URL"])
+    if "postgresql" in config["ENGINE"]:
+        import psycopg
+
+        admin_dsn = (
+            f"host={config.get('HOST') or '127.0.0.1'} port={config.get('PORT') or 5432} "
+            f"user={config.get('USER') or 'postgres'} dbname=postgres"
+        )
+        if config.get("PASSWORD"):
+            admin_dsn += f" password={config['PASSWORD']}"
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]
+            ).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{config["NAME"]}"')
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from raif_batches.models import ModelCompletion, ModelCompletionBatch
+
+    call_command("migrate", verbosity=0)
+    if connection.vendor == "postgresql":
+        tables = [ModelCompletion._meta.db_table, ModelCompletionBatch._meta.db_table]
+        with connection.cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    else:
+        ModelCompletionBatch.objects.all().delete()
+    connection.close()
+    print(f"database: {connection.vendor} {connection.settings_dict['NAME']}", flush=True)
+
+
+@contextmanager
+def emulator(*options: str) -> Iterator[dict[str, Any]]:
+    """An emulator process; yields what it printed once listening (base_url, batch_ids)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.emulator_process", *options],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError("the emulator process exited before it was ready")
+        yield json.loads(line)
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(timeout=10)
+
+
+def run_child(operation: str, context: dict[str, Any]) -> list[dict[str, Any]]:
+    print(f"running {operation} ...", flush=True)
+    env = {**os.environ, "BENCH_CONTEXT": json.dumps(context)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--child", operation, *sys.argv[1:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in completed.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            measurements: list[dict[str, Any]] = json.loads(line.removeprefix("BENCH-RESULT "))
+            return measurements
+    sys.stderr.write(completed.stdout + completed.stderr)
+    raise SystemExit(f"benchmark operation {operation} failed (exit {completed.returncode})")
+
+
+def render_table(results: list[dict[str, Any]]) -> str:
+    """A Markdown table; ratios compare time (or memory) per item with the named baseline."""
+    by_key = {result["key"]: result for result in results}
+    header = (
+        "| operation | N | wall | per item | peak RSS (Δ) | queries | per unit "
+        "| vs baseline | target |"
+    )
+    lines = [header, "|" + "---|" * 9]
+    for result in results:
+        ratio = ""
+        for baseline_key in result.get("baselines", []):
+            baseline = by_key.get(baseline_key)
+            if baseline is None:
+                continue
+            if result.get("compare") == "memory":
+                value = baseline["rss_delta_mb"] / max(result["rss_delta_mb"], 0.1)
+                ratio += f"{value:.1f}x less memory than {baseline['label']}; "
+            else:
+                value = baseline["seconds_per_item"] / result["seconds_per_item"]
+                ratio += f"{value:.1f}x faster than {baseline['label']}"
+                wanted = result.get("min_speedup", {}).get(baseline_key)
+                if wanted:
+                    ratio += f" ({'✓' if value >= wanted else '✗'} ≥ {wanted}x)"
+                ratio += "; "
+        per_unit = (
+            f"{result['queries'] / result['units']:.2f} / {result['unit']}"
+            if result.get("units")
+            else ""
+        )
+        lines.append(
+            f"| {result['operation']} | {result['n']:,} {result['item']} "
+            f"| {result['wall']:.2f} s | {result['seconds_per_item'] * 1000:.3f} ms "
+            f"| {result['peak_rss_mb']:.0f} MB ({result['rss_delta_mb']:+.0f}) "
+            f"| {result['queries']:,} | {per_unit} | {ratio.rstrip('; ')} "
+            f"| {result.get('target', '')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
