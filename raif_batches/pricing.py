@@ -118,7 +118,7 @@ class Cost:
 
 
 def completion_cost(
-    model: str,
+    price: ModelPrice | None,
     *,
     prompt_tokens: int,
     cached_tokens: int,
@@ -129,9 +129,8 @@ def completion_cost(
 
     ``output_tokens`` includes reasoning tokens, which are billed at the completion rate. With
     provider ticks the total is exact and the prompt/output split follows the price table's
-    proportions (or is unknown when the model has no price).
+    proportions (or is unknown when the model has no price: ``price`` is ``price_for(model)``).
     """
-    price = price_for(model)
     estimate: tuple[Decimal, Decimal] | None = None
     if price is not None:
         factor = 1 - price.batch_discount

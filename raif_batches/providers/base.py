@@ -47,7 +47,7 @@ from ..models import (
     ModelCompletion,
     ModelCompletionBatch,
 )
-from ..pricing import completion_cost
+from ..pricing import ModelPrice, completion_cost, price_for
 
 logger = logging.getLogger("raif_batches")
 
@@ -184,6 +184,9 @@ class BatchStrategy:
     max_requests_per_batch: ClassVar[int] = 50_000
     max_line_bytes: ClassVar[int] = 25 * 1024 * 1024
     max_file_bytes: ClassVar[int] = 200 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._prices: dict[str, ModelPrice | None] = {}
 
     # -- wire hooks ---------------------------------------------------------------------------
 
@@ -529,6 +532,7 @@ class BatchStrategy:
             )
         if batch.results_fetched_at is not None:
             return 0
+        self._prices.clear()  # prices as configured now, for this whole harvest
         applied = 0
         if batch.provider_batch_id:
             for page in self.iter_result_pages(batch.provider_batch_id):
@@ -589,6 +593,12 @@ class BatchStrategy:
             )
         return changed
 
+    def price(self, model: str) -> ModelPrice | None:
+        """The model's price, read from settings once per harvest rather than once per row."""
+        if model not in self._prices:
+            self._prices[model] = price_for(model)
+        return self._prices[model]
+
     def result_row(
         self,
         batch: ModelCompletionBatch,
@@ -617,7 +627,7 @@ class BatchStrategy:
             )
             return row
         cost = completion_cost(
-            batch.model,
+            self.price(batch.model),
             prompt_tokens=parsed.prompt_tokens or 0,
             cached_tokens=parsed.cached_tokens or 0,
             output_tokens=parsed.billed_output_tokens,

@@ -148,6 +148,7 @@ class XAIStrategy(BatchStrategy):
     provider = "xai"
 
     def __init__(self, client: XAIClient | None = None):
+        super().__init__()
         self._client = client
 
     @property
