@@ -46,27 +46,9 @@ COLUMNS: tuple[str, ...] = (
 #: Structured fields that only JSONL can carry faithfully.
 JSON_ONLY: tuple[str, ...] = ("response_json", "response_tool_calls")
 
-_FIELDS = (
-    "batch_id",
-    "batch_custom_id",
-    "status",
-    "finish_reason",
-    "raw_response",
-    "prompt_tokens",
-    "completion_tokens",
-    "reasoning_tokens",
-    "cached_tokens",
-    "total_tokens",
-    "prompt_token_cost",
-    "output_token_cost",
-    "total_cost",
-    "failure_error",
-    "failure_reason",
-    "completed_at",
-    "failed_at",
-    "response_json",
-    "response_tool_calls",
-)
+#: The model fields behind COLUMNS + JSON_ONLY, in the same order.
+_RENAMED = {"custom_id": "batch_custom_id", "response": "raw_response"}
+_FIELDS = tuple(_RENAMED.get(column, column) for column in COLUMNS) + JSON_ONLY
 # A spreadsheet runs a cell that starts with one of these as a formula; model output and
 # provider messages are untrusted text, so such cells are written with a leading quote.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
