@@ -19,6 +19,8 @@ KINDS = (
     "truncate",
     "repeat_page",
     "overlap_page",
+    "raw",
+    "accept_then_raw",
 )
 
 #: gRPC status texts, which xAI puts in the ``code`` field of every error body.
@@ -53,8 +55,10 @@ class Fault:
     connection before any work; ``accept_then_drop`` does the work, then closes without answering;
     ``truncate`` does the work and closes halfway through the answer's body (its headers promise
     the whole length);
-    ``repeat_page`` / ``overlap_page`` bend the next page token of a list call. ``times=None``
-    fires forever; ``probability`` is drawn from the emulator's seeded generator.
+    ``repeat_page`` / ``overlap_page`` bend the next page token of a list call; ``raw`` answers
+    ``status`` with the bytes ``raw_body`` (HTML, an empty body, a JSON list…) before any work,
+    and ``accept_then_raw`` does the work first (a create that happened, answered unreadably).
+    ``times=None`` fires forever; ``probability`` is drawn from the emulator's seeded generator.
     """
 
     endpoint: str | None
@@ -65,6 +69,8 @@ class Fault:
     retry_after: float | None = None
     delay: float = 0.0
     body: dict[str, Any] | None = None
+    raw_body: bytes = b""
+    content_type: str = "application/json"
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:

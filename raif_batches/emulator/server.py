@@ -154,6 +154,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "status":
             self._send(fault.status, fault.response_body(), fault.retry_after)
             return
+        if fault is not None and fault.kind == "raw":
+            self._send_raw(fault.status, fault.raw_body, fault.content_type)
+            return
         bend = fault.kind if fault is not None else None
         try:
             emulator.authorize(self.headers.get("Authorization"))
@@ -167,6 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind == "truncate":
             self._truncate(status, payload)
+            return
+        if fault is not None and fault.kind == "accept_then_raw":
+            self._send_raw(fault.status, fault.raw_body, fault.content_type)
             return
         self._send(status, payload)
 
@@ -223,6 +229,17 @@ class _Handler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
+        """Answer with exactly these bytes: what a provider's proxy or a broken server sends."""
+        if self.call is not None:
+            self.call.status = status
+        self._record()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
 
