@@ -16,8 +16,18 @@ NUMBER_SETTINGS = (
     "MAX_BATCH_AGE",
     "CANCEL_GRACE_SECONDS",
     "RECONCILE_AFTER_SECONDS",
+    "RECONCILE_MAX_SECONDS",
+    "HANDLER_LEASE_SECONDS",
 )
-INTEGER_SETTINGS = ("POLL_CONCURRENCY", "RESULTS_PAGE_SIZE", "HANDLER_MAX_ATTEMPTS")
+INTEGER_SETTINGS = (
+    "POLL_CONCURRENCY",
+    "RESULTS_PAGE_SIZE",
+    "HANDLER_MAX_ATTEMPTS",
+    "RECONCILE_MAX_PAGES",
+)
+#: Seconds a lease must outlast one whole HTTP call (connect + read timeout): the time between
+#: renewing the lease under the row lock and sending the create, and recording its end.
+LEASE_MARGIN_SECONDS = 1.0
 
 
 def _error(code: int, message: str, hint: str) -> Error:
@@ -61,7 +71,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         )
     for name in NUMBER_SETTINGS:
         value = get_setting(name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if not _valid_number(value):
             problems.append(
                 _error(
                     4,
@@ -89,6 +99,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 "Use seconds, or a (connect, read) pair of seconds, e.g. (10, 60).",
             )
         )
+    elif _valid_number(get_setting("LEASE_SECONDS")):
+        problems.extend(_check_lease_outlasts_a_call(timeout))
     retry = configured.get("RETRY", {})
     if (
         not isinstance(retry, dict)
@@ -119,6 +131,29 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     except BatchConfigurationError as error:
         problems.append(_error(9, str(error), "Point it at a BatchStrategy subclass."))
     return problems
+
+
+def _check_lease_outlasts_a_call(timeout: Any) -> list[Error]:
+    """A lease shorter than one create call lets a second worker take a batch whose create is
+    still in flight; refuse it at start-up."""
+    connect, read = (timeout, timeout) if isinstance(timeout, int | float) else timeout
+    needed = float(connect) + float(read) + LEASE_MARGIN_SECONDS
+    lease = float(get_setting("LEASE_SECONDS"))
+    if lease >= needed:
+        return []
+    return [
+        _error(
+            11,
+            f"RAIF_BATCHES['LEASE_SECONDS'] ({lease:g}) does not outlast one HTTP call: the "
+            f"connect + read timeout ({float(connect) + float(read):g}) plus "
+            f"{LEASE_MARGIN_SECONDS:g} s.",
+            f"Set LEASE_SECONDS to at least {needed:g}, or shorten REQUEST_TIMEOUT.",
+        )
+    ]
+
+
+def _valid_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and value >= 0
 
 
 def _valid_timeout(value: Any) -> bool:

@@ -33,7 +33,10 @@ DEFAULTS: dict[str, Any] = {
     },
     # Seconds between two status reads of an in-flight batch.
     "POLL_INTERVAL": 60.0,
-    # Seconds a poller owns a claimed batch before another may take it over.
+    # Seconds a poller owns a claimed batch before another may take it over, counted on the
+    # database's clock. It is renewed right before a create call, so it must outlast a whole
+    # call: the system check refuses less than the connect + read timeout plus
+    # raif_batches.checks.LEASE_MARGIN_SECONDS.
     "LEASE_SECONDS": 300.0,
     # Parallel HTTP status reads in one poll_batches run.
     "POLL_CONCURRENCY": 16,
@@ -41,8 +44,21 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BATCH_AGE": 2 * 24 * 3600.0,
     # Seconds a cancelled batch's counts must stay unchanged before they are trusted.
     "CANCEL_GRACE_SECONDS": 120.0,
-    # Seconds to wait after an unanswered batch create before looking for the batch by name.
+    # Seconds to wait, after an unanswered or unreadable batch create ENDED, before looking for
+    # the batch by name (a create may land at the provider after our client gave up). When the
+    # worker died during the call, the wait counts from the call's start plus the connect + read
+    # timeout. Until the lookup has read the list, the batch is never created again.
     "RECONCILE_AFTER_SECONDS": 30.0,
+    # Bounds of one read of the provider's batch list when lost creates are looked up by name
+    # (one read per run serves every batch awaiting reconciliation). Reaching a bound before the
+    # wanted names is a provider fault: those batches stay submitting and are never created
+    # again on that evidence.
+    "RECONCILE_MAX_PAGES": 50,
+    "RECONCILE_MAX_SECONDS": 120.0,
+    # Seconds a completion handler call owns its batch's handler (database clock): no other
+    # worker calls the handler meanwhile; after a crash, the claim lapses and the handler is
+    # called again. Must outlast the slowest handler.
+    "HANDLER_LEASE_SECONDS": 900.0,
     # Results fetched per page (xAI allows up to 1000).
     "RESULTS_PAGE_SIZE": 1000,
     # Per-model prices; see raif_batches.pricing for the shape and the defaults.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -61,9 +61,13 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
     def not_terminal(self) -> ModelCompletionBatchQuerySet:
         return self.exclude(status__in=TERMINAL_STATUSES)
 
-    def unclaimed(self, now: Any = None) -> ModelCompletionBatchQuerySet:
-        now = now or timezone.now()
+    def claimable(self, now: datetime) -> ModelCompletionBatchQuerySet:
+        """Batches whose lease is free or has lapsed at ``now`` (the database clock's time)."""
         return self.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+
+    def locked(self) -> ModelCompletionBatchQuerySet:
+        """The rows, locked until the surrounding transaction ends."""
+        return self.select_for_update()
 
     def due_for_poll(self, now: Any = None) -> ModelCompletionBatchQuerySet:
         """In-flight batches whose next status read is due, plus interrupted submissions."""
@@ -122,8 +126,14 @@ class ModelCompletionBatch(models.Model):
     next_poll_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
 
-    # Crash-safe submission: when the create call was last sent (its answer may be lost).
+    # Crash-safe submission: when the create call was last sent (its answer may be lost), and
+    # when that call ended, whatever its outcome (empty while it is in flight, or when its
+    # worker died during it). Both are read from the database clock.
     create_attempted_at = models.DateTimeField(null=True, blank=True)
+    create_ended_at = models.DateTimeField(null=True, blank=True)
+    # Second provider batches found for this batch (a late create answer, two of the same name
+    # in the provider's list): each is cancelled at once and recorded here for the operator.
+    duplicate_provider_batches = models.JSONField(default=list, blank=True)
     # Cancellation: who asked and when; the counts are trusted only after a grace period.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=32, blank=True, default="")
@@ -139,6 +149,10 @@ class ModelCompletionBatch(models.Model):
     handler_called_at = models.DateTimeField(null=True, blank=True)
     handler_gave_up = models.BooleanField(default=False)
     handler_error = models.TextField(blank=True, default="")
+    # The handler call's own lease: two workers never run it at the same time, and a crashed
+    # call's claim lapses after HANDLER_LEASE_SECONDS.
+    handler_claimed_by = models.CharField(max_length=64, blank=True, default="")
+    handler_claimed_until = models.DateTimeField(null=True, blank=True)
 
     retry_of = models.ForeignKey(
         "self",
@@ -188,6 +202,27 @@ class ModelCompletionBatch(models.Model):
     @property
     def age(self) -> timedelta:
         return timezone.now() - self.created_at
+
+    # Leases. The caller holds the row lock (``objects.locked()``) and passes the database
+    # clock's time, so that hosts whose clocks disagree still agree on who owns the batch.
+    def leased_to_other(self, worker: str, now: datetime) -> bool:
+        return bool(
+            self.claimed_by
+            and self.claimed_by != worker
+            and self.claimed_until is not None
+            and self.claimed_until > now
+        )
+
+    def claim(self, worker: str, now: datetime, seconds: float) -> None:
+        """Take (or renew) the lease on the locked row; the caller saves."""
+        self.claimed_by = worker
+        self.claimed_until = now + timedelta(seconds=seconds)
+
+    def release(self, worker: str) -> None:
+        """Give the lease back, unless another worker has taken it meanwhile."""
+        type(self).objects.filter(pk=self.pk, claimed_by=worker).update(
+            claimed_by="", claimed_until=None
+        )
 
     def get_strategy(self) -> Any:
         from .providers import get_strategy

@@ -14,13 +14,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from .clock import db_now
 from .conf import get_setting
 from .exceptions import (
     AmbiguousSubmission,
@@ -33,9 +34,17 @@ from .models import (
     IN_FLIGHT_STATUSES,
     BatchStatus,
     ModelCompletionBatch,
+    ModelCompletionBatchQuerySet,
 )
 from .providers import get_strategy
-from .providers.base import WORKER_ID, BatchBusy, BatchSnapshot, BatchStrategy
+from .providers.base import (
+    WORKER_ID,
+    BatchBusy,
+    BatchListing,
+    BatchSnapshot,
+    BatchStrategy,
+    DuplicateSubmission,
+)
 
 logger = logging.getLogger("raif_batches")
 
@@ -82,15 +91,18 @@ def claim_batches(
     *,
     limit: int | None = None,
     worker: str = WORKER_ID,
-    now: datetime | None = None,
 ) -> list[ModelCompletionBatch]:
-    """Take a lease on up to ``limit`` unclaimed batches of ``queryset``, skipping locked rows."""
-    now = now or timezone.now()
+    """Take a lease on up to ``limit`` unclaimed batches of ``queryset``, skipping locked rows.
+
+    The lease is counted on the database's clock, the one clock every host shares.
+    """
     lease = timedelta(seconds=float(get_setting("LEASE_SECONDS")))
     skip_locked = connection.features.has_select_for_update_skip_locked
     with transaction.atomic():
+        now = db_now()
         candidates = (
-            queryset.filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+            cast(ModelCompletionBatchQuerySet, queryset)
+            .claimable(now)
             .order_by(F("next_poll_at").asc(nulls_first=True), "pk")
             .select_for_update(skip_locked=skip_locked)
         )
@@ -139,25 +151,64 @@ def submit(
     claimed = claim_batches(queryset, limit=limit, worker=worker)
     report.claimed = len(claimed)
     try:
-        for batch in claimed:
-            if report.fatal:
-                break
-            _submit_one(strategies[batch.provider], batch, worker, report)
+        _submit_all(claimed, strategies, worker, report)
     finally:
         release_all(claimed, worker)
     return report
 
 
+def _submit_all(
+    batches: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    worker: str,
+    report: RunReport,
+) -> None:
+    """Submit or resume claimed batches; lost creates are looked up with one read of each
+    provider's batch list for the whole run, not one per batch."""
+    listings = _read_listings(batches, strategies, report)
+    for batch in batches:
+        if report.fatal:
+            break
+        _submit_one(strategies[batch.provider], batch, worker, report, listings.get(batch.provider))
+
+
+def _read_listings(
+    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
+) -> dict[str, BatchListing]:
+    now = db_now()
+    due: dict[str, list[ModelCompletionBatch]] = {}
+    for batch in batches:
+        at = BatchStrategy.reconcile_due_at(batch)
+        if batch.status == BatchStatus.SUBMITTING and at is not None and at <= now:
+            due.setdefault(batch.provider, []).append(batch)
+    listings: dict[str, BatchListing] = {}
+    for provider, group in due.items():
+        try:
+            listings[provider] = strategies[provider].look_up_names(group)
+        except ProviderAuthenticationError as error:
+            report.fatal = error
+            break
+    return listings
+
+
 def _submit_one(
-    strategy: BatchStrategy, batch: ModelCompletionBatch, worker: str, report: RunReport
+    strategy: BatchStrategy,
+    batch: ModelCompletionBatch,
+    worker: str,
+    report: RunReport,
+    listing: BatchListing | None = None,
 ) -> None:
     try:
-        result = strategy.submit(batch, worker=worker)
+        result = strategy.submit(batch, worker=worker, listing=listing)
     except BatchBusy:
         report.skipped_busy += 1
+    except ModelCompletionBatch.DoesNotExist:
+        report.notes.append(f"batch {batch.pk}: deleted while this run held it; skipped")
+    except DuplicateSubmission as error:
+        report.notes.append(str(error))
     except AmbiguousSubmission as error:
         report.notes.append(
-            f"batch {batch.pk}: {error.one_line} (it will be looked up by name on the next run)"
+            f"batch {batch.pk}: {error.one_line} (it will be looked up by name on a later run)"
         )
     except ProviderAuthenticationError as error:
         report.fatal = error
@@ -191,7 +242,7 @@ def poll(
         queryset = ModelCompletionBatch.objects.due_for_poll(now)
     work = queryset | ModelCompletionBatch.objects.awaiting_harvest()
     work = work | ModelCompletionBatch.objects.awaiting_handler()
-    claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker, now=now)
+    claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker)
     report.claimed = len(claimed)
     try:
         _drive(claimed, strategies, worker, report)
@@ -207,14 +258,18 @@ def _drive(
     report: RunReport,
 ) -> None:
     max_age = timedelta(seconds=float(get_setting("MAX_BATCH_AGE")))
-    now = timezone.now()
+    now = db_now()  # the deadline is the same for every host, whatever its own clock says
     to_read: list[ModelCompletionBatch] = []
+    _submit_all(
+        [batch for batch in claimed if batch.status == BatchStatus.SUBMITTING],
+        strategies,
+        worker,
+        report,
+    )
     for batch in claimed:
         if report.fatal:
             return
-        if batch.status == BatchStatus.SUBMITTING:
-            _submit_one(strategies[batch.provider], batch, worker, report)
-        elif batch.status in IN_FLIGHT_STATUSES:
+        if batch.status in IN_FLIGHT_STATUSES:
             if batch.cancel_requested_at is None and now - _age_start(batch) > max_age:
                 try:
                     strategies[batch.provider].cancel(batch, reason="deadline")
@@ -322,44 +377,63 @@ def _harvest_one(strategy: BatchStrategy, batch: ModelCompletionBatch, report: R
 # --- completion handlers --------------------------------------------------------------------
 
 
-def run_handler(batch: ModelCompletionBatch) -> bool:
+def run_handler(batch: ModelCompletionBatch, worker: str = WORKER_ID) -> bool:
     """Call the batch's handler once its results are stored; True when it succeeded now.
 
-    Called outside any lock or transaction. A handler that raises is recorded on the batch and
-    tried again on a later run, up to ``HANDLER_MAX_ATTEMPTS``; after a success it is never
-    called again. (Should the process die between the handler's return and the record of its
-    success, the handler runs again: make it idempotent.)
+    Called outside any lock or transaction. The call itself is claimed under the row lock
+    (``handler_claimed_by``/``handler_claimed_until``, HANDLER_LEASE_SECONDS on the database's
+    clock), so two workers never run it at the same time, whatever their batch leases do. A
+    handler that raises is recorded on the batch and tried again on a later run, up to
+    ``HANDLER_MAX_ATTEMPTS``; after a success it is never called again. (Should the process
+    die during the handler or before its success is recorded, the claim lapses and the handler
+    runs again: make it idempotent.) A batch deleted meanwhile is skipped.
     """
     if not batch.handler:
         return False
     max_attempts = int(get_setting("HANDLER_MAX_ATTEMPTS"))
-    with transaction.atomic():
-        locked = BatchStrategy.lock(batch.pk)
-        if (
-            locked.results_fetched_at is None
-            or locked.handler_called_at is not None
-            or locked.handler_gave_up
-        ):
-            return False
-        locked.handler_attempts += 1
-        locked.save(update_fields=["handler_attempts"])
+    lease = timedelta(seconds=float(get_setting("HANDLER_LEASE_SECONDS")))
+    try:
+        with transaction.atomic():
+            locked = BatchStrategy.lock(batch.pk)
+            now = db_now()
+            if (
+                locked.results_fetched_at is None
+                or locked.handler_called_at is not None
+                or locked.handler_gave_up
+                or (
+                    locked.handler_claimed_until is not None
+                    and locked.handler_claimed_until > now
+                    and locked.handler_claimed_by != worker
+                )
+            ):
+                return False
+            locked.handler_attempts += 1
+            locked.handler_claimed_by = worker
+            locked.handler_claimed_until = now + lease
+            locked.save(
+                update_fields=["handler_attempts", "handler_claimed_by", "handler_claimed_until"]
+            )
+    except ModelCompletionBatch.DoesNotExist:
+        return False
+    outcome: dict[str, Any]
     try:
         function: Any = import_string(locked.handler)
         function(locked)
     except Exception as error:
         logger.exception("Handler %s of batch %s failed", locked.handler, locked.pk)
-        with transaction.atomic():
-            failed = BatchStrategy.lock(batch.pk)
-            failed.handler_error = f"{type(error).__name__}: {error}"[:2000]
-            failed.handler_gave_up = failed.handler_attempts >= max_attempts
-            failed.save(update_fields=["handler_error", "handler_gave_up"])
-        return False
-    with transaction.atomic():
-        done = BatchStrategy.lock(batch.pk)
-        done.handler_called_at = timezone.now()
-        done.handler_error = ""
-        done.save(update_fields=["handler_called_at", "handler_error"])
-    return True
+        outcome = {
+            "handler_error": f"{type(error).__name__}: {error}"[:2000],
+            "handler_gave_up": locked.handler_attempts >= max_attempts,
+        }
+        succeeded = False
+    else:
+        outcome = {"handler_called_at": db_now(), "handler_error": ""}
+        succeeded = True
+    # Written only while the claim is still this call's; a deleted batch updates nothing.
+    ModelCompletionBatch.objects.filter(pk=batch.pk, handler_claimed_by=worker).update(
+        handler_claimed_by="", handler_claimed_until=None, **outcome
+    )
+    return succeeded
 
 
 def _age_start(batch: ModelCompletionBatch) -> datetime:

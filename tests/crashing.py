@@ -9,11 +9,12 @@ the product catches it) and the dead worker releases nothing; in a real process 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from datetime import datetime
 from typing import Any
 
 from raif_batches.models import ModelCompletionBatch
-from raif_batches.providers.base import WORKER_ID, BatchSnapshot
+from raif_batches.providers.base import WORKER_ID, BatchListing, BatchSnapshot
 from raif_batches.providers.xai import XAIStrategy
 
 PATH = "tests.crashing.CrashingStrategy"
@@ -55,8 +56,10 @@ class CrashingStrategy(XAIStrategy):
         crash_if("after_create")
         return snapshot
 
-    def find_provider_batch(self, name: str) -> BatchSnapshot | None:
-        found = super().find_provider_batch(name)
+    def find_provider_batches(
+        self, names: Collection[str], *, created_after: datetime | None
+    ) -> BatchListing:
+        found = super().find_provider_batches(names, created_after=created_after)
         crash_if("after_find")
         return found
 

@@ -13,8 +13,9 @@ import logging
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from time import monotonic
 from typing import IO, Any
 
 import requests
@@ -24,7 +25,7 @@ from ..exceptions import InvalidBatchRequest, ProviderUnavailable
 from ..http import ApiClient, build_session
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
-from .base import BatchSnapshot, BatchStrategy, ParsedCompletion, ResultEntry
+from .base import BatchListing, BatchSnapshot, BatchStrategy, ParsedCompletion, ResultEntry
 
 logger = logging.getLogger("raif_batches.xai")
 
@@ -231,15 +232,49 @@ class XAIStrategy(BatchStrategy):
         )
         return parse_batch(answer)
 
-    def find_provider_batch(self, name: str) -> BatchSnapshot | None:
-        found: BatchSnapshot | None = None
-        for item in self._paginate("/batches", "batches"):
-            if item.get("name") == name:
-                if found is not None:
-                    logger.error("Two xAI batches are named %s; keeping the first", name)
+    def find_provider_batches(
+        self, names: Collection[str], *, created_after: datetime | None
+    ) -> BatchListing:
+        """One read of the team-wide list, for every wanted name at once.
+
+        xAI documents no order for the list (the emulator serves it oldest first), so the read
+        cannot stop at batches older than ``created_after``: it stops when every name is found,
+        and otherwise at RECONCILE_MAX_PAGES pages or RECONCILE_MAX_SECONDS, incomplete.
+        """
+        wanted = frozenset(names)
+        found: dict[str, list[BatchSnapshot]] = {}
+        max_pages = int(get_setting("RECONCILE_MAX_PAGES"))
+        max_seconds = float(get_setting("RECONCILE_MAX_SECONDS"))
+        started = monotonic()
+        pages = 0
+        for page in self._pages("/batches", "batches"):
+            pages += 1
+            older = 0
+            for item in page:
+                if not isinstance(item, dict):
                     continue
-                found = parse_batch(item)
-        return found
+                if item.get("name") in wanted:
+                    found.setdefault(str(item["name"]), []).append(parse_batch(item))
+                created = parse_time(item.get("create_time"), end_of_day=True)
+                if created_after is not None and created is not None and created < created_after:
+                    older += 1
+            listing = BatchListing(names=wanted, found={k: tuple(v) for k, v in found.items()})
+            if wanted <= found.keys():
+                return listing
+            if self.batch_list_newest_first and page and older == len(page):
+                return listing  # the rest of the list is older than any create we look for
+            elapsed = monotonic() - started
+            if pages >= max_pages or elapsed >= max_seconds:
+                return BatchListing(
+                    names=wanted,
+                    found=listing.found,
+                    complete=False,
+                    stopped_because=(
+                        f"stopped after {pages} page(s) in {elapsed:.1f}s "
+                        "(RECONCILE_MAX_PAGES / RECONCILE_MAX_SECONDS)"
+                    ),
+                )
+        return BatchListing(names=wanted, found={k: tuple(v) for k, v in found.items()})
 
     # -- status, cancel -----------------------------------------------------------------------
 
