@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.utils import timezone
 
+from raif_batches.clock import db_now
 from raif_batches.emulator import Fault
 from raif_batches.models import ModelCompletion, ModelCompletionBatch
 from raif_batches.polling import poll, submit
@@ -187,7 +187,8 @@ def test_a_poller_killed_mid_harvest_loses_its_claim_after_the_lease(
     batch = make_batch(3)
     submit()
     poll(force=True)  # validation: the next read finds it ended
-    env = environment(emulator, LEASE_SECONDS=2.5)
+    # The start-up check wants the lease to outlast one call (0.5 + 1 + 1 s margin).
+    env = environment(emulator, LEASE_SECONDS=2.5, REQUEST_TIMEOUT=(0.5, 1.0))
     emulator.state.add_fault(Fault("list_results", "latency", delay=5))
     reads = emulator.state.count_calls("get_batch")
     doomed = start(env, "poll_batches", "--force")
@@ -203,7 +204,7 @@ def test_a_poller_killed_mid_harvest_loses_its_claim_after_the_lease(
     (early,) = run_together(env, ("poll_batches", "--force"))
     assert "finished 0" in early.stdout  # the dead poller's lease still holds
     assert batch.claimed_until is not None
-    time.sleep(max(0.0, (batch.claimed_until - timezone.now()).total_seconds()) + 0.1)
+    time.sleep(max(0.0, (batch.claimed_until - db_now()).total_seconds()) + 0.1)
     (late,) = run_together(env, ("poll_batches", "--force"))
     assert late.returncode == 0 and applied_in(late.stdout) == 3
     assert audit("harvest") == Counter({batch.pk: 1})

@@ -261,13 +261,16 @@ def test_killed_process_resumed_by_another(emulator: Any, step: str) -> None:
     """A real ``submit_batches`` process ends with ``os._exit`` mid-submission; another process
     takes the batches over once the dead one's lease has lapsed."""
     batches = [make_batch(2) for _ in range(3)]
-    env = environment(emulator, PROVIDERS={"xai": crashing.PATH}, LEASE_SECONDS=1)
+    # The shortest lease the start-up check accepts with this timeout (1 + 1 + 1 s margin).
+    env = environment(
+        emulator, PROVIDERS={"xai": crashing.PATH}, LEASE_SECONDS=3, REQUEST_TIMEOUT=(1.0, 1.0)
+    )
     dying = {**env, "RAIF_TEST_CRASH_AT": step, "RAIF_TEST_CRASH_HARD": "1"}
     (killed,) = run_together(dying, ("submit_batches",))
     assert killed.returncode == crashing.HARD_EXIT_CODE, killed.stderr
     first = ModelCompletionBatch.objects.get(pk=batches[0].pk)
     assert first.status == "submitting" and first.claimed_by  # the dead process's claim
-    time.sleep(1.1)
+    time.sleep(3.1)
     results = run_together(env, ("poll_batches", "--force"), ("submit_batches",))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
     for _ in range(5):
