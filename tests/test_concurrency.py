@@ -187,8 +187,9 @@ def test_a_poller_killed_mid_harvest_loses_its_claim_after_the_lease(
     batch = make_batch(3)
     submit()
     poll(force=True)  # validation: the next read finds it ended
-    # The start-up check wants the lease to outlast one call (0.5 + 1 + 1 s margin).
-    env = environment(emulator, LEASE_SECONDS=2.5, REQUEST_TIMEOUT=(0.5, 1.0))
+    # The start-up check wants the lease to outlast one call (1 + 4 + 1 s margin); the lease
+    # must also outlast the start of the next process.
+    env = environment(emulator, LEASE_SECONDS=6, REQUEST_TIMEOUT=(1.0, 4.0))
     emulator.state.add_fault(Fault("list_results", "latency", delay=5))
     reads = emulator.state.count_calls("get_batch")
     doomed = start(env, "poll_batches", "--force")

@@ -25,6 +25,7 @@ from raif_batches.models import ModelCompletionBatch
 from raif_batches.polling import claim_batches, poll, submit
 from raif_batches.providers.xai import XAIStrategy
 
+from . import crashing
 from .helpers import make_batch, run_to_end
 from .processes import environment, run_together, start
 
@@ -133,27 +134,6 @@ def test_create_answered_after_the_read_timeout_is_never_created_twice(
     assert emulator.state.count_calls("create_batch") == 1
     assert len(named(emulator, batch)) == 1
     assert_one_live_provider_batch(emulator, run_to_end(batch))
-
-
-def test_a_worker_that_died_during_the_create_is_waited_for_a_whole_timeout(
-    emulator: Any, settings: Any
-) -> None:
-    """No end was recorded: the call may still be in flight for connect + read seconds."""
-    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "REQUEST_TIMEOUT": (30.0, 30.0)}
-    batch = make_batch(2)
-    submit([batch.pk])
-    # As a dead worker leaves it: a create sent, never ended, no provider id, lease lapsed.
-    ModelCompletionBatch.objects.filter(pk=batch.pk).update(
-        status="submitting",
-        provider_batch_id="",
-        create_attempted_at=db_now(),
-        create_ended_at=None,
-    )
-    emulator.state.batches.clear()
-    report = poll([batch.pk], force=True)
-    assert "awaits reconciliation" in report.notes[0]
-    assert emulator.state.count_calls("list_batches") == 0
-    assert emulator.state.count_calls("create_batch") == 1
 
 
 # --- 9.8: reconciliation reads the list once per run, bounded ----------------------------------
@@ -333,6 +313,33 @@ def wait_until_lease_lapsed(batch: ModelCompletionBatch) -> None:
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_a_create_whose_process_died_in_flight_is_awaited_for_a_whole_timeout(
+    emulator: Any,
+) -> None:
+    """The process died with its create sent, as far as the row shows (no end recorded): the
+    call may still reach the provider for connect + read seconds, so nothing looks or creates
+    before that, even with the lease lapsed and RECONCILE_AFTER_SECONDS at 0."""
+    batch = make_batch(2)
+    env = environment(
+        emulator,
+        PROVIDERS={"xai": crashing.PATH},
+        LEASE_SECONDS=3,
+        REQUEST_TIMEOUT=(1.0, 60.0),
+        RECONCILE_AFTER_SECONDS=0,
+    )
+    dying = {**env, "RAIF_TEST_CRASH_AT": "before_create", "RAIF_TEST_CRASH_HARD": "1"}
+    (killed,) = run_together(dying, ("submit_batches",))
+    assert killed.returncode == crashing.HARD_EXIT_CODE, killed.stderr
+    wait_until_lease_lapsed(batch)
+    (resumed,) = run_together(env, ("submit_batches",))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "awaits reconciliation" in resumed.stdout
+    assert emulator.state.count_calls("list_batches") == 0
+    assert emulator.state.count_calls("create_batch") == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_a_fast_host_never_takes_a_create_in_flight(emulator: Any) -> None:
     """A host 400 s ahead runs submit_batches while another is inside a slow create."""
     batch = make_batch(2)
@@ -353,11 +360,11 @@ def test_a_fast_host_never_takes_a_create_in_flight(emulator: Any) -> None:
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_a_create_slower_than_a_misconfigured_lease_is_not_created_twice(emulator: Any) -> None:
-    """Checks skipped, a lease of 1 s and a create of 3 s: the second worker takes the lease, but
+    """Checks skipped, a lease of 1 s and a create of 6 s: the second worker takes the lease, but
     the call it finds in flight is waited for (its end, or start + timeout), not repeated."""
     batch = make_batch(2)
     env = environment(emulator, LEASE_SECONDS=1.0, REQUEST_TIMEOUT=(2.0, 10.0))
-    emulator.state.add_fault(Fault("create_batch", "latency", delay=3))
+    emulator.state.add_fault(Fault("create_batch", "latency", delay=6))
     first = start(env, "submit_batches", "--skip-checks")
     wait_for(lambda: ModelCompletionBatch.objects.get(pk=batch.pk).create_attempted_at is not None)
     wait_until_lease_lapsed(batch)
