@@ -316,16 +316,16 @@ def wait_until_lease_lapsed(batch: ModelCompletionBatch) -> None:
 def test_a_create_whose_process_died_in_flight_is_awaited_for_a_whole_timeout(
     emulator: Any,
 ) -> None:
-    """The process died with its create sent, as far as the row shows (no end recorded): the
-    call may still reach the provider for connect + read seconds, so nothing looks or creates
-    before that, even with the lease lapsed and RECONCILE_AFTER_SECONDS at 0."""
+    """The process died with its create sent, as far as the row shows (no end recorded). The
+    call may have gone on for connect + read seconds (6), so the wait (7 s) counts from then:
+    the lease (7 s) lapses and another worker takes the batch, but neither looks nor creates."""
     batch = make_batch(2)
     env = environment(
         emulator,
         PROVIDERS={"xai": crashing.PATH},
-        LEASE_SECONDS=3,
-        REQUEST_TIMEOUT=(1.0, 60.0),
-        RECONCILE_AFTER_SECONDS=0,
+        LEASE_SECONDS=7,
+        REQUEST_TIMEOUT=(1.0, 5.0),
+        RECONCILE_AFTER_SECONDS=7,
     )
     dying = {**env, "RAIF_TEST_CRASH_AT": "before_create", "RAIF_TEST_CRASH_HARD": "1"}
     (killed,) = run_together(dying, ("submit_batches",))
