@@ -36,6 +36,7 @@ from .models import (
 )
 from .providers import get_strategy
 from .providers.base import WORKER_ID, BatchBusy, BatchSnapshot, BatchStrategy
+from .stopping import stop_requested
 
 logger = logging.getLogger("raif_batches")
 
@@ -55,10 +56,35 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # conditions that resolve on a later run
     errors: list[str] = field(default_factory=list)  # what makes the command exit non-zero
     fatal: ProviderError | None = None
+    stopped: bool = False  # a stop was requested (SIGTERM…); the rest was left for the next run
 
     @property
     def ok(self) -> bool:
         return not self.errors and self.fatal is None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable data, for task results and logs."""
+        return {
+            "ok": self.ok,
+            "claimed": self.claimed,
+            "submitted": list(self.submitted),
+            "refreshed": self.refreshed,
+            "cancelled_for_age": list(self.cancelled_for_age),
+            "finished": list(self.finished),
+            "results_applied": self.results_applied,
+            "handlers_called": self.handlers_called,
+            "skipped_busy": self.skipped_busy,
+            "notes": list(self.notes),
+            "errors": list(self.errors),
+            "fatal": self.fatal.one_line if self.fatal is not None else None,
+            "stopped": self.stopped,
+        }
+
+    def should_stop(self) -> bool:
+        """True once the run must end early: a fatal error, or a stop request between batches."""
+        if self.fatal is None and not self.stopped and stop_requested():
+            self.stopped = True
+        return self.fatal is not None or self.stopped
 
     def error(self, batch: ModelCompletionBatch | None, error: Exception) -> None:
         text = error.one_line if isinstance(error, ProviderError) else str(error)
@@ -140,7 +166,7 @@ def submit(
     report.claimed = len(claimed)
     try:
         for batch in claimed:
-            if report.fatal:
+            if report.should_stop():
                 break
             _submit_one(strategies[batch.provider], batch, worker, report)
     finally:
@@ -210,7 +236,7 @@ def _drive(
     now = timezone.now()
     to_read: list[ModelCompletionBatch] = []
     for batch in claimed:
-        if report.fatal:
+        if report.should_stop():
             return
         if batch.status == BatchStatus.SUBMITTING:
             _submit_one(strategies[batch.provider], batch, worker, report)
@@ -226,14 +252,16 @@ def _drive(
             else:
                 to_read.append(batch)
     _refresh_concurrently(to_read, strategies, report)
-    if report.fatal:
+    if report.should_stop():
         return
     ids = [batch.pk for batch in claimed]
     for batch in ModelCompletionBatch.objects.awaiting_harvest().filter(pk__in=ids):
         _harvest_one(strategies[batch.provider], batch, report)
-        if report.fatal:
+        if report.should_stop():
             return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
+        if report.should_stop():
+            return
         if run_handler(batch):
             report.handlers_called += 1
 
@@ -299,6 +327,8 @@ def harvest(
     report.claimed = len(claimed)
     try:
         for batch in claimed:
+            if report.should_stop():
+                break
             _harvest_one(strategies[batch.provider], batch, report)
             if report.fatal:
                 break
