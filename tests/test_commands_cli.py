@@ -102,4 +102,3 @@ def test_unreachable_database_ends_in_one_line(command: str, tmp_path: Any) -> N
     assert finished.stderr.strip().splitlines() == [
         "CommandError: database error: unable to open database file"
     ]
-

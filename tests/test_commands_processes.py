@@ -155,7 +155,7 @@ def test_a_killed_database_connection_ends_in_one_line(emulator: Any) -> None:
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         assert cursor.fetchall(), "no backend of the command was found"
-    code, out, err = finish(process)
+    code, _out, err = finish(process)
 
     assert code == 1
     assert "Traceback" not in err

@@ -15,9 +15,7 @@ class Command(BatchCommand):
         self.add_batch_argument(parser)
         self.add_limit_argument(parser, "Harvest")
 
-    def handle(
-        self, *args: Any, batch_ids: list[int] | None, limit: int, **options: Any
-    ) -> None:
+    def handle(self, *args: Any, batch_ids: list[int] | None, limit: int, **options: Any) -> None:
         report = harvest(batch_ids, limit=limit or None)
         self.finish(
             report,
