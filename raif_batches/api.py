@@ -20,6 +20,7 @@ from .exceptions import BatchConfigurationError, InvalidBatchRequest
 from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
 from .providers import get_strategy_class
 from .validation import (
+    MAX_NAME_LENGTH,
     MAX_TOKENS_LIMIT,
     UnknownModelWarning,
     check_batch_args,
@@ -149,7 +150,9 @@ def create_batches(
     seen: set[str] = set()
     with transaction.atomic():
         for part, chunk in enumerate(_split(requests, strategy, model, seen), start=1):
-            label = f"{name} ({part})" if name else ""
+            suffix = f" ({part})"
+            # The part number must fit in the name column too.
+            label = f"{name[: MAX_NAME_LENGTH - len(suffix)]}{suffix}" if name else ""
             batches.append(
                 _create(strategy, provider, model, chunk, label, metadata, handler, None)
             )

@@ -190,3 +190,16 @@ def test_retry_keeps_sources_without_an_internal_key() -> None:
     retry = retry_failed(batch)
     assert retry.completions.get().source == ticket
     assert retry.completions.get().extra_body == {}
+
+
+def test_create_batches_keeps_a_long_name_within_its_column() -> None:
+    from raif_batches.providers.xai import XAIStrategy
+
+    limit = XAIStrategy.max_requests_per_batch
+    XAIStrategy.max_requests_per_batch = 1
+    try:
+        batches = create_batches(requests=[request("a"), request("b")], name="n" * 255)
+    finally:
+        XAIStrategy.max_requests_per_batch = limit
+    assert [len(b.name) for b in batches] == [255, 255]
+    assert batches[1].name.endswith("n (2)")
