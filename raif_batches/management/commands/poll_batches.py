@@ -9,6 +9,7 @@ worker with a non-zero exit, since no later cycle can succeed.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
@@ -24,8 +25,6 @@ from ._base import BatchCommand, one_line
 
 
 def positive_seconds(text: str) -> float:
-    import argparse
-
     try:
         value = float(text)
     except ValueError:
