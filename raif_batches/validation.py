@@ -57,12 +57,44 @@ def text_problem(value: str) -> str | None:
     return f"contains a lone surrogate (\\u{ord(found.group()):04x}), which is not valid Unicode"
 
 
+def _is_clean(value: Any, depth: int) -> bool:
+    """:func:`json_problem` without the paths: the fast answer for the usual, valid input."""
+    stack: list[tuple[Any, int]] = [(value, depth)]
+    pop, push, search = stack.pop, stack.append, _BAD_CHARACTERS.search
+    while stack:
+        item, level = pop()
+        kind = type(item)
+        if kind is str:
+            if search(item):
+                return False
+        elif kind is dict:
+            if level >= MAX_JSON_DEPTH:
+                return False
+            for key, child in item.items():
+                if type(key) is not str or search(key):
+                    return False
+                push((child, level + 1))
+        elif kind is list or kind is tuple:
+            if level >= MAX_JSON_DEPTH:
+                return False
+            for child in item:
+                push((child, level + 1))
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif not (item is None or kind is int or kind is bool):
+            return False  # subclasses and other types: the slow walk decides
+    return True
+
+
 def json_problem(value: Any, path: str, depth: int = 0) -> str | None:
     """The first reason ``value`` is not storable JSON, as ``"<path> <reason>"``, or ``None``.
 
     ``depth`` is the number of containers around ``value`` in its column. Iterative, so that a
     value nested thousands deep is refused instead of overflowing the stack.
     """
+    if _is_clean(value, depth):
+        return None
     stack: list[tuple[Any, str, int]] = [(value, path, depth)]
     while stack:
         item, where, depth = stack.pop()
