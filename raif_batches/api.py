@@ -1,22 +1,34 @@
-"""Creating batches: validate every request, then insert everything in one transaction."""
+"""Creating batches: validate every request, then insert everything in one transaction.
+
+What is accepted, and why, is in :mod:`raif_batches.validation`.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils.module_loading import import_string
 
 from .bulk import insert_instances
-from .exceptions import InvalidBatchRequest
+from .exceptions import BatchConfigurationError, InvalidBatchRequest
 from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
 from .providers import get_strategy_class
+from .validation import (
+    MAX_NAME_LENGTH,
+    MAX_TOKENS_LIMIT,
+    UnknownModelWarning,
+    check_batch_args,
+    check_request_values,
+)
 
-CUSTOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+#: Matched with ``fullmatch``: ``$`` alone would accept a trailing newline.
+CUSTOM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 #: Keys of a request that are stored in their own columns.
@@ -24,6 +36,16 @@ COLUMN_KEYS = ("temperature", "max_tokens", "response_format", "tools", "tool_ch
 #: Keys a batch line must not carry: the model is the batch's, streaming is not batchable.
 FORBIDDEN_KEYS = frozenset({"model", "stream", "stream_options"})
 INSERT_CHUNK = 2000
+
+
+class _SourceRef(NamedTuple):
+    """A source given by content type and primary key, for :func:`retry_failed` only: callers
+    pass a model instance as ``source``."""
+
+    content_type_id: int
+    object_id: str
+
+
 # The JSON that wraps a body in a line: {"custom_id":…,"method":"POST","url":…,"body":…}.
 LINE_OVERHEAD = 100
 
@@ -42,9 +64,23 @@ def create_batch(
     Each request is ``{"custom_id": ..., "messages": [...], **chat_completion_parameters}``,
     optionally with ``"source": <model instance>`` to link the completion to a domain object.
     Invalid input raises :class:`~raif_batches.exceptions.InvalidBatchRequest` (a
-    ``ValueError``) naming the request and the problem, and creates nothing.
+    ``ValueError``) naming the request and the problem, and creates nothing. A model missing
+    from the price table gets an :class:`~raif_batches.validation.UnknownModelWarning`.
     """
-    strategy = _validate_batch_args(provider, model, metadata, handler)
+    strategy = _validate_batch_args(provider, model, name, metadata, handler, requests)
+    return _create(strategy, provider, model, requests, name, metadata, handler, retry_of)
+
+
+def _create(
+    strategy: Any,
+    provider: str,
+    model: str,
+    requests: Iterable[Mapping[str, Any]],
+    name: str | None,
+    metadata: dict[str, Any] | None,
+    handler: str | None,
+    retry_of: ModelCompletionBatch | None,
+) -> ModelCompletionBatch:
     seen: set[str] = set()
     total_bytes = 0
     with transaction.atomic():
@@ -109,14 +145,16 @@ def create_batches(
 
     Custom ids must be unique across the whole set, so that a result maps back to one request.
     """
-    strategy = _validate_batch_args(provider, model, metadata, handler)
+    strategy = _validate_batch_args(provider, model, name, metadata, handler, requests)
     batches: list[ModelCompletionBatch] = []
     seen: set[str] = set()
     with transaction.atomic():
         for part, chunk in enumerate(_split(requests, strategy, model, seen), start=1):
-            label = f"{name} ({part})" if name else ""
+            suffix = f" ({part})"
+            # The part number must fit in the name column too.
+            label = f"{name[: MAX_NAME_LENGTH - len(suffix)]}{suffix}" if name else ""
             batches.append(
-                create_batch(provider, model, chunk, name=label, metadata=metadata, handler=handler)
+                _create(strategy, provider, model, chunk, label, metadata, handler, None)
             )
     if not batches:
         raise InvalidBatchRequest("a batch needs at least one request.")
@@ -133,6 +171,8 @@ def _split(
             raise InvalidBatchRequest("each request must be a dict.", index=index)
         custom_id = request.get("custom_id")
         if isinstance(custom_id, str):
+            # Before measuring: a value nested too deep would overflow json.dumps.
+            check_request_values(request, custom_id)
             if custom_id in seen:
                 raise InvalidBatchRequest("custom_id is not unique.", custom_id=custom_id)
             seen.add(custom_id)
@@ -169,9 +209,8 @@ def retry_failed(batch: ModelCompletionBatch, *, name: str | None = None) -> Mod
                 if value is not None:
                     request[key] = value
             if completion.source_content_type_id and completion.source_object_id:
-                request["_source_ref"] = (
-                    completion.source_content_type_id,
-                    completion.source_object_id,
+                request["source"] = _SourceRef(
+                    completion.source_content_type_id, completion.source_object_id
                 )
             yield request
 
@@ -189,15 +228,15 @@ def retry_failed(batch: ModelCompletionBatch, *, name: str | None = None) -> Mod
 # --- validation -----------------------------------------------------------------------------
 
 
-def _validate_batch_args(provider: str, model: str, metadata: Any, handler: str | None) -> Any:
+def _validate_batch_args(
+    provider: Any, model: Any, name: Any, metadata: Any, handler: Any, requests: Any
+) -> Any:
+    check_batch_args(provider, model, name, metadata, handler, requests)
     try:
         strategy = get_strategy_class(provider)
     except ValueError as error:
         raise InvalidBatchRequest(str(error)) from error
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidBatchRequest("model must be a non-empty string such as 'grok-4.3'.")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise InvalidBatchRequest("metadata must be a dict.")
+    _warn_unknown_model(provider, model)
     if handler:
         try:
             target = import_string(handler)
@@ -206,6 +245,23 @@ def _validate_batch_args(provider: str, model: str, metadata: Any, handler: str 
         if not callable(target):
             raise InvalidBatchRequest(f"handler {handler!r} is not callable.")
     return strategy
+
+
+def _warn_unknown_model(provider: str, model: str) -> None:
+    from .pricing import price_for
+
+    try:
+        known = price_for(model) is not None
+    except BatchConfigurationError:
+        return  # a malformed price table is the system check's to report, not ours
+    if not known:
+        warnings.warn(
+            f"model {model!r} is not in the price table, so {provider} may not serve it (the "
+            "batch is created; a mistyped model fails at the provider). Add it to "
+            "RAIF_BATCHES['PRICING'] to silence this and to estimate its costs.",
+            UnknownModelWarning,
+            stacklevel=4,
+        )
 
 
 def _build_completion(
@@ -220,7 +276,7 @@ def _build_completion(
     custom_id = request.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         raise InvalidBatchRequest("custom_id is required and must be a string.", index=index)
-    if not CUSTOM_ID_PATTERN.match(custom_id):
+    if not CUSTOM_ID_PATTERN.fullmatch(custom_id):
         raise InvalidBatchRequest(
             "custom_id must be 1-64 characters of letters, digits and _ . : - "
             "(starting with a letter or digit).",
@@ -229,6 +285,7 @@ def _build_completion(
     if custom_id in seen:
         raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
     seen.add(custom_id)
+    check_request_values(request, custom_id)
 
     def fail(problem: str) -> InvalidBatchRequest:
         return InvalidBatchRequest(problem, custom_id=custom_id)
@@ -249,9 +306,11 @@ def _build_completion(
         raise fail("temperature must be a number between 0 and 2.")
     max_tokens = request.get("max_tokens")
     if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+        isinstance(max_tokens, bool)
+        or not isinstance(max_tokens, int)
+        or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
-        raise fail("max_tokens must be a positive integer.")
+        raise fail(f"max_tokens must be a positive integer of at most {MAX_TOKENS_LIMIT}.")
     response_format = request.get("response_format")
     if response_format is not None and (
         not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS
@@ -265,21 +324,22 @@ def _build_completion(
         raise fail("tools must be a list.")
 
     source = request.get("source")
-    source_ref = request.get("_source_ref")
     content_type_id: int | None = None
     object_id = ""
-    if source is not None:
+    if isinstance(source, _SourceRef):
+        content_type_id, object_id = source
+    elif source is not None:
         if not isinstance(source, models.Model) or source.pk is None:
             raise fail("source must be a saved model instance.")
         content_type_id = ContentType.objects.get_for_model(source).pk
         object_id = str(source.pk)
-    elif source_ref is not None:
-        content_type_id, object_id = source_ref
+        if len(object_id) > 64:
+            raise fail("source's primary key is longer than 64 characters.")
 
     extra = {
         key: value
         for key, value in request.items()
-        if key not in {"custom_id", "messages", "source", "_source_ref", *COLUMN_KEYS}
+        if key not in {"custom_id", "messages", "source", *COLUMN_KEYS}
     }
     completion = ModelCompletion(
         batch=batch,
@@ -306,7 +366,7 @@ def _build_completion(
 
 
 def _line_size(model: str, request: Mapping[str, Any]) -> int:
-    body = {k: v for k, v in request.items() if k not in {"source", "_source_ref"}}
+    body = {k: v for k, v in request.items() if k != "source"}
     try:
         return len(json.dumps({**body, "model": model}, ensure_ascii=False).encode()) + (
             LINE_OVERHEAD

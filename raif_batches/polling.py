@@ -45,6 +45,7 @@ from .providers.base import (
     BatchStrategy,
     DuplicateSubmission,
 )
+from .stopping import stop_requested
 
 logger = logging.getLogger("raif_batches")
 
@@ -64,10 +65,35 @@ class RunReport:
     notes: list[str] = field(default_factory=list)  # conditions that resolve on a later run
     errors: list[str] = field(default_factory=list)  # what makes the command exit non-zero
     fatal: ProviderError | None = None
+    stopped: bool = False  # a stop was requested (SIGTERM…); the rest was left for the next run
 
     @property
     def ok(self) -> bool:
         return not self.errors and self.fatal is None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-serialisable data, for task results and logs."""
+        return {
+            "ok": self.ok,
+            "claimed": self.claimed,
+            "submitted": list(self.submitted),
+            "refreshed": self.refreshed,
+            "cancelled_for_age": list(self.cancelled_for_age),
+            "finished": list(self.finished),
+            "results_applied": self.results_applied,
+            "handlers_called": self.handlers_called,
+            "skipped_busy": self.skipped_busy,
+            "notes": list(self.notes),
+            "errors": list(self.errors),
+            "fatal": self.fatal.one_line if self.fatal is not None else None,
+            "stopped": self.stopped,
+        }
+
+    def should_stop(self) -> bool:
+        """True once the run must end early: a fatal error, or a stop request between batches."""
+        if self.fatal is None and not self.stopped and stop_requested():
+            self.stopped = True
+        return self.fatal is not None or self.stopped
 
     def error(self, batch: ModelCompletionBatch | None, error: Exception) -> None:
         text = error.one_line if isinstance(error, ProviderError) else str(error)
@@ -167,7 +193,7 @@ def _submit_all(
     provider's batch list for the whole run, not one per batch."""
     listings = _read_listings(batches, strategies, report)
     for batch in batches:
-        if report.fatal:
+        if report.should_stop():
             break
         _submit_one(strategies[batch.provider], batch, worker, report, listings.get(batch.provider))
 
@@ -267,7 +293,7 @@ def _drive(
         report,
     )
     for batch in claimed:
-        if report.fatal:
+        if report.should_stop():
             return
         if batch.status in IN_FLIGHT_STATUSES:
             if batch.cancel_requested_at is None and now - _age_start(batch) > max_age:
@@ -281,14 +307,16 @@ def _drive(
             else:
                 to_read.append(batch)
     _refresh_concurrently(to_read, strategies, report)
-    if report.fatal:
+    if report.should_stop():
         return
     ids = [batch.pk for batch in claimed]
     for batch in ModelCompletionBatch.objects.awaiting_harvest().filter(pk__in=ids):
         _harvest_one(strategies[batch.provider], batch, report)
-        if report.fatal:
+        if report.should_stop():
             return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
+        if report.should_stop():
+            return
         if run_handler(batch):
             report.handlers_called += 1
 
@@ -354,6 +382,8 @@ def harvest(
     report.claimed = len(claimed)
     try:
         for batch in claimed:
+            if report.should_stop():
+                break
             _harvest_one(strategies[batch.provider], batch, report)
             if report.fatal:
                 break

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
+from ... import stopping
 from ...exceptions import BatchStateError, ProviderError
 from ...models import ModelCompletionBatch
 from ._base import BatchCommand
@@ -25,6 +26,9 @@ class Command(BatchCommand):
             raise CommandError(f"no batch with id {', '.join(map(str, missing))}")
         failures: list[str] = []
         for pk in batch_ids:
+            if stopping.stop_requested():
+                self.stdout.write(self.stop_line())
+                break
             try:
                 batch = batches[pk].cancel()
             except (BatchStateError, ProviderError) as error:

@@ -13,9 +13,10 @@ class Command(BatchCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         self.add_batch_argument(parser)
+        self.add_limit_argument(parser, "Harvest")
 
-    def handle(self, *args: Any, batch_ids: list[int] | None, **options: Any) -> None:
-        report = harvest(batch_ids)
+    def handle(self, *args: Any, batch_ids: list[int] | None, limit: int, **options: Any) -> None:
+        report = harvest(batch_ids, limit=limit or None)
         self.finish(
             report,
             f"Fetched results of {len(report.finished)} batch(es) "

@@ -20,26 +20,26 @@ class Command(BatchCommand):
             action="store_true",
             help="List what would be submitted, with estimated costs, and send nothing.",
         )
-        parser.add_argument("--limit", type=int, help="Submit at most this many batches.")
+        self.add_limit_argument(parser, "Submit")
 
     def handle(
         self,
         *args: Any,
         batch_ids: list[int] | None,
         dry_run: bool,
-        limit: int | None,
+        limit: int,
         **options: Any,
     ) -> None:
         if dry_run:
             self.dry_run(batch_ids, limit)
             return
-        report = submit(batch_ids, limit=limit)
+        report = submit(batch_ids, limit=limit or None)
         self.finish(
             report,
             f"Submitted {len(report.submitted)} batch(es): {ids_text(report.submitted)}.",
         )
 
-    def dry_run(self, batch_ids: list[int] | None, limit: int | None) -> None:
+    def dry_run(self, batch_ids: list[int] | None, limit: int) -> None:
         batches = ModelCompletionBatch.objects.filter(
             status__in=(BatchStatus.PENDING, BatchStatus.SUBMITTING)
         ).order_by("pk")
