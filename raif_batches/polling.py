@@ -364,7 +364,7 @@ def harvest(
     """Fetch the results of terminal batches whose results are not fetched yet."""
     report = RunReport()
     strategies = _Strategies()
-    queryset = ModelCompletionBatch.objects.awaiting_harvest()
+    queryset: QuerySet[ModelCompletionBatch] = ModelCompletionBatch.objects.awaiting_harvest()
     if not batch_ids:
         # Named batches are read now; the others when their next read of results is due.
         queryset = _harvest_due(queryset, db_now())
