@@ -320,7 +320,7 @@ def _refresh_concurrently(
         if isinstance(snapshot, Exception):
             # Any answer that could not be read (an error, a date past year 9999, JSON nested
             # too deep, a bad encoding…) is this batch's fault only.
-            _note_on_batch(batch, snapshot)
+            _note_on_batch(batch, snapshot, kind="unreadable answer")
             report.error(batch, snapshot)
             continue
         try:
@@ -334,7 +334,9 @@ def _refresh_concurrently(
         report.refreshed += 1
 
 
-def _note_on_batch(batch: ModelCompletionBatch, error: BaseException) -> None:
+def _note_on_batch(
+    batch: ModelCompletionBatch, error: BaseException, *, kind: str = "unexpected error"
+) -> None:
     """Show why a batch is not moving, without changing its status.
 
     A batch's own failure (a rejection, an expiry, a deadline) stays shown: the note would hide
@@ -343,7 +345,7 @@ def _note_on_batch(batch: ModelCompletionBatch, error: BaseException) -> None:
     if isinstance(error, ProviderError):
         kind, reason = error.kind, str(error)
     else:
-        kind, reason = "unreadable answer", _error_text(error)
+        reason = _error_text(error)
     try:
         ModelCompletionBatch.objects.filter(pk=batch.pk, results_fetched_at__isnull=True).exclude(
             failure_error__in=OWN_FAILURE_KINDS

@@ -740,15 +740,9 @@ class BatchStrategy:
             except STORE_ERRORS as error:
                 failed = _unstorable_row(batch_pk, row["batch_custom_id"], error, timezone.now())
                 failed["id"] = row["id"]
-            try:
-                changed += store([failed])
-            except STORE_ERRORS as error:
-                logger.error(
-                    "Batch %s: the result of %r cannot be stored, even as a failure: %s",
-                    batch_pk,
-                    row["batch_custom_id"],
-                    _one_line(error),
-                )
+            # A failure row holds only plain values: should even it be refused, the fault is
+            # not in this line but in the statement or the database, and is raised.
+            changed += store([failed])
         return changed
 
     def price(self, model: str) -> ModelPrice | None:
