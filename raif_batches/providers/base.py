@@ -9,8 +9,13 @@ completion). The rules it keeps:
 * the create call is sent at most once per claim and never retried blindly: a batch whose create
   went unanswered stays ``submitting`` and is later reconciled by its unique name;
 * :func:`next_status` is the one place that decides a batch's next status;
-* a result is applied only to a completion that is still pending, so applying a page twice
-  changes nothing, and results are fetched whatever the batch's end.
+* a result is applied only to a completion that is still pending (or, for a success, to one
+  the provider's error for the same id failed earlier in the harvest), so applying a page twice
+  changes nothing, and results are fetched whatever the batch's end;
+* a harvest never ends short of the outcomes the provider's counters report: it is read again
+  later, with backoff, up to ``RESULTS_WAIT_SECONDS``; one line that cannot be stored is
+  cleaned or failed alone (:mod:`raif_batches.storable`);
+* decisions in time (cancel grace, waits for results) read the database clock.
 """
 
 from __future__ import annotations
