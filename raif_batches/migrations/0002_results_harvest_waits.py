@@ -4,35 +4,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('raif_batches', '0001_initial'),
+        ("raif_batches", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='modelcompletionbatch',
-            name='rejected_at',
+            model_name="modelcompletionbatch",
+            name="rejected_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='modelcompletionbatch',
-            name='results_lacking_since',
-            field=models.DateTimeField(blank=True, help_text='When a harvest first found results missing.', null=True),
+            model_name="modelcompletionbatch",
+            name="results_lacking_since",
+            field=models.DateTimeField(
+                blank=True, help_text="When a harvest first found results missing.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='modelcompletionbatch',
-            name='results_next_read_at',
-            field=models.DateTimeField(blank=True, help_text='When the results are read again.', null=True),
+            model_name="modelcompletionbatch",
+            name="results_next_read_at",
+            field=models.DateTimeField(
+                blank=True, help_text="When the results are read again.", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='modelcompletionbatch',
-            name='results_read_attempts',
-            field=models.PositiveIntegerField(default=0, help_text='Harvests that came up short so far.'),
+            model_name="modelcompletionbatch",
+            name="results_read_attempts",
+            field=models.PositiveIntegerField(
+                default=0, help_text="Harvests that came up short so far."
+            ),
         ),
         migrations.AddField(
-            model_name='modelcompletionbatch',
-            name='results_stored_count',
-            field=models.PositiveIntegerField(blank=True, help_text='Outcomes stored when the results were last read.', null=True),
+            model_name="modelcompletionbatch",
+            name="results_stored_count",
+            field=models.PositiveIntegerField(
+                blank=True, help_text="Outcomes stored when the results were last read.", null=True
+            ),
         ),
     ]
