@@ -18,12 +18,14 @@ NUMBER_SETTINGS = (
     "RECONCILE_AFTER_SECONDS",
     "RECONCILE_MAX_SECONDS",
     "HANDLER_LEASE_SECONDS",
+    "RESULTS_WAIT_SECONDS",
 )
 INTEGER_SETTINGS = (
     "POLL_CONCURRENCY",
     "RESULTS_PAGE_SIZE",
     "HANDLER_MAX_ATTEMPTS",
     "RECONCILE_MAX_PAGES",
+    "RESULTS_GONE_ATTEMPTS",
 )
 #: Seconds a lease must outlast one whole HTTP call (connect + read timeout): the time between
 #: renewing the lease under the row lock and sending the create, and recording its end.

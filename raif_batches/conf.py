@@ -67,6 +67,12 @@ DEFAULTS: dict[str, Any] = {
     "PROVIDERS": {},
     # Attempts at a batch's completion handler before it is given up.
     "HANDLER_MAX_ATTEMPTS": 5,
+    # Seconds a harvest waits for results the provider's counters say exist but its results
+    # endpoint does not serve yet, before those lines are failed as never served.
+    "RESULTS_WAIT_SECONDS": 6 * 3600.0,
+    # Harvests that meet "not found" (404/410) on a finished batch's results before its
+    # unserved lines are failed as no longer available (or RESULTS_WAIT_SECONDS, if sooner).
+    "RESULTS_GONE_ATTEMPTS": 5,
 }
 
 

@@ -138,6 +138,24 @@ class ModelCompletionBatch(models.Model):
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=32, blank=True, default="")
     counts_changed_at = models.DateTimeField(null=True, blank=True)
+    # When the provider's rejection (cancel_by_xai_message) was first seen: lines still running
+    # then are waited for like a cancel, counted from this moment.
+    rejected_at = models.DateTimeField(null=True, blank=True)
+
+    # A harvest that came up short (fewer results than the provider's counters report, or the
+    # results endpoint answering "not found") is read again later, with backoff, up to a bound.
+    results_lacking_since = models.DateTimeField(
+        null=True, blank=True, help_text="When a harvest first found results missing."
+    )
+    results_next_read_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the results are read again."
+    )
+    results_read_attempts = models.PositiveIntegerField(
+        default=0, help_text="Harvests that came up short so far."
+    )
+    results_stored_count = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Outcomes stored when the results were last read."
+    )
 
     # A poller's lease on the batch: work is claimed in a short transaction, done unlocked.
     claimed_by = models.CharField(max_length=64, blank=True, default="")

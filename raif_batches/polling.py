@@ -5,6 +5,14 @@ a lease (``claimed_by``/``claimed_until``), commit, and only then talk to the pr
 number of cron hosts may run these functions at once; a worker that dies loses its claims when
 the lease runs out. Status reads are sent concurrently (HTTP only, in threads); all database
 work stays on the calling thread.
+
+One batch's fault is that batch's alone: whatever a status read, the storing of a snapshot or a
+harvest raises (a provider error, an answer our parser chokes on, a value the database refuses),
+it is recorded on that batch (``failure_error``/``failure_reason``, its status unchanged) and in
+the run's report, and the run goes on with the other batches. Only a rejected API key stops the
+run, as it would fail every call. A batch deleted meanwhile by another process is skipped.
+Results that lag behind the provider's counters are read again on later runs, not on every run:
+a batch awaiting harvest is due again at its ``results_next_read_at``.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ from typing import Any, cast
 
 from django.db import connection, transaction
 from django.db.models import F, Q, QuerySet
-from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from .clock import db_now
@@ -38,6 +45,7 @@ from .models import (
 )
 from .providers import get_strategy
 from .providers.base import (
+    OWN_FAILURE_KINDS,
     WORKER_ID,
     BatchBusy,
     BatchListing,
@@ -46,6 +54,7 @@ from .providers.base import (
     DuplicateSubmission,
 )
 from .stopping import stop_requested
+from .storable import clean_text
 
 logger = logging.getLogger("raif_batches")
 
@@ -96,8 +105,18 @@ class RunReport:
         return self.fatal is not None or self.stopped
 
     def error(self, batch: ModelCompletionBatch | None, error: Exception) -> None:
-        text = error.one_line if isinstance(error, ProviderError) else str(error)
+        text = _error_text(error)
         self.errors.append(f"batch {batch.pk}: {text}" if batch is not None else text)
+
+
+def _error_text(error: BaseException) -> str:
+    """One line, whatever the error: our own errors by their message, others by their type."""
+    if isinstance(error, ProviderError):
+        return error.one_line
+    text = " ".join(str(error).split())
+    if not isinstance(error, BatchStateError | InvalidBatchRequest):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:500]
 
 
 class _Strategies(dict[str, BatchStrategy]):
@@ -257,8 +276,12 @@ def poll(
     limit: int | None = None,
     worker: str = WORKER_ID,
 ) -> RunReport:
-    """Refresh due batches, cancel those past their age, harvest the terminal ones, once."""
-    now = timezone.now()
+    """Refresh due batches, cancel those past their age, harvest the terminal ones, once.
+
+    ``force`` treats every in-flight batch as due, and every batch awaiting harvest too, even
+    one whose next read of lagging results is not due yet.
+    """
+    now = db_now()
     report = RunReport()
     strategies = _Strategies()
     if force:
@@ -266,15 +289,24 @@ def poll(
         queryset = ModelCompletionBatch.objects.filter(due)
     else:
         queryset = ModelCompletionBatch.objects.due_for_poll(now)
-    work = queryset | ModelCompletionBatch.objects.awaiting_harvest()
+    work = queryset | _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), now, force)
     work = work | ModelCompletionBatch.objects.awaiting_handler()
     claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker)
     report.claimed = len(claimed)
     try:
-        _drive(claimed, strategies, worker, report)
+        _drive(claimed, strategies, worker, report, force=force)
     finally:
         release_all(claimed, worker)
     return report
+
+
+def _harvest_due(
+    queryset: QuerySet[ModelCompletionBatch], now: datetime, force: bool = False
+) -> QuerySet[ModelCompletionBatch]:
+    """Batches awaiting harvest whose next read is due (lagging results are read with backoff)."""
+    if force:
+        return queryset
+    return queryset.filter(Q(results_next_read_at__isnull=True) | Q(results_next_read_at__lte=now))
 
 
 def _drive(
@@ -282,6 +314,8 @@ def _drive(
     strategies: _Strategies,
     worker: str,
     report: RunReport,
+    *,
+    force: bool = False,
 ) -> None:
     max_age = timedelta(seconds=float(get_setting("MAX_BATCH_AGE")))
     now = db_now()  # the deadline is the same for every host, whatever its own clock says
@@ -300,9 +334,14 @@ def _drive(
                 try:
                     strategies[batch.provider].cancel(batch, reason="deadline")
                     report.cancelled_for_age.append(batch.pk)
+                except ModelCompletionBatch.DoesNotExist:
+                    continue  # deleted by another process meanwhile
                 except ProviderAuthenticationError as error:
                     report.fatal = error
                 except (ProviderError, BatchStateError) as error:
+                    report.error(batch, error)
+                except Exception as error:
+                    _note_on_batch(batch, error)
                     report.error(batch, error)
             else:
                 to_read.append(batch)
@@ -310,14 +349,19 @@ def _drive(
     if report.should_stop():
         return
     ids = [batch.pk for batch in claimed]
-    for batch in ModelCompletionBatch.objects.awaiting_harvest().filter(pk__in=ids):
+    due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
+    for batch in due.filter(pk__in=ids):
         _harvest_one(strategies[batch.provider], batch, report)
         if report.should_stop():
             return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
         if report.should_stop():
             return
-        if run_handler(batch):
+        try:
+            called = run_handler(batch)
+        except ModelCompletionBatch.DoesNotExist:
+            continue
+        if called:
             report.handlers_called += 1
 
 
@@ -343,26 +387,47 @@ def _refresh_concurrently(
         workers = min(int(get_setting("POLL_CONCURRENCY")), len(batches) - 1)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
             snapshots.extend(pool.map(read, batches[1:]))
+    now = db_now()  # one read of the database clock for every snapshot of this run
     for batch, snapshot in zip(batches, snapshots, strict=False):
         if isinstance(snapshot, ProviderAuthenticationError):
             _note_on_batch(batch, snapshot)
             report.fatal = snapshot
             return
-        if isinstance(snapshot, ProviderError):
-            _note_on_batch(batch, snapshot)
+        if isinstance(snapshot, Exception):
+            # Any answer that could not be read (an error, a date past year 9999, JSON nested
+            # too deep, a bad encoding…) is this batch's fault only.
+            _note_on_batch(batch, snapshot, kind="unreadable answer")
             report.error(batch, snapshot)
             continue
-        if isinstance(snapshot, Exception):
-            raise snapshot
-        strategies[batch.provider].apply_snapshot(batch.pk, snapshot)
+        try:
+            strategies[batch.provider].apply_snapshot(batch.pk, snapshot, now=now)
+        except ModelCompletionBatch.DoesNotExist:
+            continue  # deleted by another process meanwhile
+        except Exception as error:
+            _note_on_batch(batch, error)
+            report.error(batch, error)
+            continue
         report.refreshed += 1
 
 
-def _note_on_batch(batch: ModelCompletionBatch, error: ProviderError) -> None:
-    """Show why a batch is not moving, without changing its status."""
-    ModelCompletionBatch.objects.filter(pk=batch.pk, results_fetched_at__isnull=True).update(
-        failure_error=error.kind[:255], failure_reason=str(error)
-    )
+def _note_on_batch(
+    batch: ModelCompletionBatch, error: BaseException, *, kind: str = "unexpected error"
+) -> None:
+    """Show why a batch is not moving, without changing its status.
+
+    A batch's own failure (a rejection, an expiry, a deadline) stays shown: the note would hide
+    why the batch ended.
+    """
+    if isinstance(error, ProviderError):
+        kind, reason = error.kind, str(error)
+    else:
+        reason = _error_text(error)
+    try:
+        ModelCompletionBatch.objects.filter(pk=batch.pk, results_fetched_at__isnull=True).exclude(
+            failure_error__in=OWN_FAILURE_KINDS
+        ).update(failure_error=kind[:255], failure_reason=_clean(reason))
+    except Exception:  # the note is a courtesy: never let it stop the run
+        logger.warning("Batch %s: could not record %s", batch.pk, _error_text(error))
 
 
 # --- harvest --------------------------------------------------------------------------------
@@ -377,8 +442,11 @@ def harvest(
     """Fetch the results of terminal batches whose results are not fetched yet."""
     report = RunReport()
     strategies = _Strategies()
-    queryset = _restrict(ModelCompletionBatch.objects.awaiting_harvest(), batch_ids)
-    claimed = claim_batches(queryset, limit=limit, worker=worker)
+    queryset: QuerySet[ModelCompletionBatch] = ModelCompletionBatch.objects.awaiting_harvest()
+    if not batch_ids:
+        # Named batches are read now; the others when their next read of results is due.
+        queryset = _harvest_due(queryset, db_now())
+    claimed = claim_batches(_restrict(queryset, batch_ids), limit=limit, worker=worker)
     report.claimed = len(claimed)
     try:
         for batch in claimed:
@@ -387,8 +455,11 @@ def harvest(
             _harvest_one(strategies[batch.provider], batch, report)
             if report.fatal:
                 break
-            if run_handler(batch):
-                report.handlers_called += 1
+            try:
+                if run_handler(batch):
+                    report.handlers_called += 1
+            except ModelCompletionBatch.DoesNotExist:
+                continue
     finally:
         release_all(claimed, worker)
     return report
@@ -397,11 +468,49 @@ def harvest(
 def _harvest_one(strategy: BatchStrategy, batch: ModelCompletionBatch, report: RunReport) -> None:
     try:
         report.results_applied += strategy.fetch_results(batch)
-        report.finished.append(batch.pk)
+    except ModelCompletionBatch.DoesNotExist:
+        return  # deleted by another process meanwhile
     except ProviderAuthenticationError as error:
         report.fatal = error
-    except (ProviderError, BatchStateError) as error:
+        return
+    except BatchStateError as error:
         report.error(batch, error)
+        return
+    except Exception as error:
+        _note_on_batch(batch, error)
+        report.error(batch, error)
+        return
+    state = (
+        ModelCompletionBatch.objects.filter(pk=batch.pk)
+        .values("results_fetched_at", "results_stored_count", "request_counts")
+        .first()
+    )
+    if state is None:
+        return
+    if state["results_fetched_at"] is not None:
+        report.finished.append(batch.pk)
+    else:
+        # Results lag behind the counters: a condition that resolves on a later run.
+        counts = state["request_counts"] or {}
+        report.notes.append(
+            f"batch {batch.pk}: {state['results_stored_count']} of "
+            f"{_finished_count(counts)} results served so far; reading again later"
+        )
+
+
+def _finished_count(counts: dict[str, Any]) -> int:
+    total = 0
+    for key in ("succeeded", "failed"):
+        try:
+            total += int(counts.get(key) or 0)
+        except (TypeError, ValueError):
+            pass
+    return total
+
+
+def _clean(text: str) -> str:
+    """Text the database accepts (no NUL, no lone surrogate)."""
+    return clean_text(text)[0]
 
 
 # --- completion handlers --------------------------------------------------------------------

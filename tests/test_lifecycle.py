@@ -209,7 +209,9 @@ def test_unknown_ids_are_logged_and_skipped(emulator: Any, caplog: Any) -> None:
     assert batch.completions.filter(status="completed").count() == 2
 
 
-def test_entries_never_returned_fail_as_missing(emulator: Any) -> None:
+def test_entries_never_returned_fail_as_missing(emulator: Any, settings: Any) -> None:
+    # No wait for lagging results here (tests/test_hostile_results.py covers the wait).
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "RESULTS_WAIT_SECONDS": 0}
     emulator.config.missing_result_ids = {"req-001"}
     batch = run_to_end(make_batch(3))
     missing = batch.completions.get(batch_custom_id="req-001")

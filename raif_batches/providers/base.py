@@ -16,12 +16,18 @@ completion). The rules it keeps:
 * a second provider batch for one batch, however it came about, is cancelled at once and
   recorded on the batch (``duplicate_provider_batches``);
 * :func:`next_status` is the one place that decides a batch's next status;
-* a result is applied only to a completion that is still pending, so applying a page twice
-  changes nothing, and results are fetched whatever the batch's end.
+* a result is applied only to a completion that is still pending (or, for a success, to one
+  the provider's error for the same id failed earlier in the harvest), so applying a page twice
+  changes nothing, and results are fetched whatever the batch's end;
+* a harvest never ends short of the outcomes the provider's counters report: it is read again
+  later, with backoff, up to ``RESULTS_WAIT_SECONDS``; one line that cannot be stored is
+  cleaned or failed alone (:mod:`raif_batches.storable`);
+* decisions in time (cancel grace, waits for results) read the database clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from django.db import transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
@@ -58,6 +64,7 @@ from ..models import (
     ModelCompletionBatch,
 )
 from ..pricing import ModelPrice, completion_cost, price_for
+from ..storable import CLEANED_KEY, clean_json, clean_text, cost_fits, storable_count
 
 logger = logging.getLogger("raif_batches")
 
@@ -65,6 +72,18 @@ logger = logging.getLogger("raif_batches")
 WORKER_ID = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 FAILURE_TEXT_LIMIT = 255
+#: A batch's own failure, set when it ended; a later note (why a read or harvest did not get
+#: through) must not hide it.
+OWN_FAILURE_KINDS = frozenset(
+    {"rejected by provider", "expired", "max age exceeded", "canceled before submission"}
+)
+#: Failure kinds of a line that came from the provider's error entry: a success for the same
+#: line, read later in the same harvest, replaces them (results outrank errors).
+PROVIDER_ERROR_KINDS = ("provider error", "request cancelled")
+#: Stored outcomes that the provider's counters do not count as succeeded or failed.
+UNCOUNTED_KINDS = ("request cancelled",)
+#: Longest wait between two reads of results that lag behind the counters.
+RESULTS_BACKOFF_MAX = 900.0
 STRUCTURED_FORMATS = frozenset({"json_object", "json_schema"})
 
 # Columns written when a result is applied (same set for success and failure).
@@ -181,14 +200,25 @@ def next_status(
 
     Results outrank cancellation and expiry: a cancelled batch is trusted only once its counts
     have stood still for the grace period counted from the cancel, because xAI's counters can
-    flip from cancelled back to succeeded after a cancel.
+    flip from cancelled back to succeeded after a cancel. A rejection (``cancel_by_xai_message``)
+    that arrives while lines are still pending or just finished is waited out the same way,
+    counted from when it was first seen (``batch.rejected_at``); a file refused before any line
+    ran fails at once.
     """
     if batch.status in TERMINAL_STATUSES:
         return batch.status
-    if rejection:
-        return BatchStatus.FAILED
-    pending = counts.get("pending", 0)
-    total = counts.get("total", 0)
+    pending = _count(counts, "pending")
+    total = _count(counts, "total")
+    if rejection or batch.rejected_at is not None:
+        finished = _count(counts, "succeeded") + _count(counts, "failed")
+        if not finished and not pending:
+            return BatchStatus.FAILED
+        grace = timedelta(seconds=float(get_setting("CANCEL_GRACE_SECONDS")))
+        seen = batch.rejected_at or now
+        stable_since = max(seen, batch.counts_changed_at or seen)
+        if pending == 0 and now - stable_since >= grace:
+            return BatchStatus.FAILED
+        return BatchStatus.CANCELLING
     cancel_started = batch.cancel_requested_at or provider_cancelled_at
     if cancel_started is not None:
         grace = timedelta(seconds=float(get_setting("CANCEL_GRACE_SECONDS")))
@@ -207,6 +237,14 @@ def next_status(
     if batch.expires_at is not None and now >= batch.expires_at and counts.get("cancelled"):
         return BatchStatus.EXPIRED
     return BatchStatus.ENDED
+
+
+def _count(counts: dict[str, Any] | None, key: str) -> int:
+    """A counter as a non-negative int, whatever the provider put there."""
+    try:
+        return max(int((counts or {}).get(key) or 0), 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 # --- The strategy ---------------------------------------------------------------------------
@@ -701,8 +739,12 @@ class BatchStrategy:
         snapshot = self.get_provider_batch(batch.provider_batch_id)
         return self.apply_snapshot(batch.pk, snapshot)
 
-    def apply_snapshot(self, pk: int, snapshot: BatchSnapshot) -> ModelCompletionBatch:
-        now = timezone.now()
+    def apply_snapshot(
+        self, pk: int, snapshot: BatchSnapshot, *, now: datetime | None = None
+    ) -> ModelCompletionBatch:
+        """Store a snapshot under the row lock. ``now`` (the database clock) may be read once by
+        a caller storing many snapshots."""
+        now = now or db_now()
         with transaction.atomic():
             locked = self.lock(pk)
             if locked.is_terminal:
@@ -716,22 +758,32 @@ class BatchStrategy:
     ) -> None:
         """Fold a snapshot into a locked batch (the caller saves)."""
         counts = snapshot.counts if snapshot.counts is not None else batch.request_counts
+        counts = {key: _count(counts, key) for key in (counts or {})}
         if counts != batch.request_counts or batch.counts_changed_at is None:
             batch.counts_changed_at = now
         batch.request_counts = counts
-        batch.provider_response = snapshot.raw
+        # PostgreSQL's jsonb refuses NUL, and no driver encodes a lone surrogate.
+        batch.provider_response = clean_json(snapshot.raw)[0]
         if snapshot.expires_at is not None:
             batch.expires_at = snapshot.expires_at
+        rejection = clean_text(str(snapshot.rejection))[0] if snapshot.rejection else None
+        if rejection and batch.rejected_at is None and not batch.is_terminal:
+            # Shown at once, though lines still running are waited for before the batch fails.
+            batch.rejected_at = now
+            batch.failure_error = "rejected by provider"
+            batch.failure_reason = rejection
         status = next_status(
             batch,
             counts=counts,
-            rejection=snapshot.rejection,
+            rejection=rejection,
             provider_cancelled_at=snapshot.cancelled_at,
             now=now,
         )
-        if status == BatchStatus.FAILED and snapshot.rejection:
+        if status == BatchStatus.FAILED and batch.rejected_at is not None:
             batch.failure_error = "rejected by provider"
-            batch.failure_reason = snapshot.rejection
+            batch.failure_reason = (
+                rejection or batch.failure_reason or "The provider rejected the batch."
+            )
         if status == BatchStatus.EXPIRED and not batch.failure_error:
             batch.failure_error = "expired"
             batch.failure_reason = "The batch expired before every request finished."
@@ -751,7 +803,7 @@ class BatchStrategy:
         self, batch: ModelCompletionBatch, *, reason: str = "requested"
     ) -> ModelCompletionBatch:
         """Ask the provider to cancel. Results already produced are still fetched later."""
-        now = timezone.now()
+        now = db_now()
         with transaction.atomic():
             locked = self.lock(batch.pk)
             if locked.is_terminal:
@@ -771,7 +823,7 @@ class BatchStrategy:
                 return locked
             provider_batch_id = locked.provider_batch_id
         snapshot = self.cancel_provider_batch(provider_batch_id)
-        now = timezone.now()
+        now = db_now()
         with transaction.atomic():
             locked = self.lock(batch.pk)
             if locked.is_terminal:
@@ -792,7 +844,14 @@ class BatchStrategy:
     # -- results ------------------------------------------------------------------------------
 
     def fetch_results(self, batch: ModelCompletionBatch) -> int:
-        """Fetch and store every result of a terminal batch, once. Returns results applied."""
+        """Fetch and store the results of a terminal batch. Returns results applied.
+
+        The harvest ends (``results_fetched_at`` set) only once every outcome the provider's
+        counters report is stored, or once the wait for the rest (``RESULTS_WAIT_SECONDS``) is
+        over; until then the batch stays awaiting harvest and is read again later, with backoff.
+        Results the provider says are gone (404/410) are asked for a bounded number of times
+        (``RESULTS_GONE_ATTEMPTS``), then the lines without one are failed.
+        """
         batch = ModelCompletionBatch.objects.get(pk=batch.pk)
         if not batch.is_terminal:
             raise BatchStateError(
@@ -803,14 +862,59 @@ class BatchStrategy:
         self._prices.clear()  # prices as configured now, for this whole harvest
         applied = 0
         if batch.provider_batch_id:
-            for page in self.iter_result_pages(batch.provider_batch_id):
-                applied += self.apply_result_page(batch, page)
+            try:
+                for page in self.iter_result_pages(batch.provider_batch_id):
+                    applied += self.apply_result_page(batch, page)
+            except ProviderError as error:
+                if not _results_gone(error) or not self._results_gone_for_good(batch, error):
+                    raise
+                self.finish_results(batch, unavailable=error)
+                return applied
         self.finish_results(batch)
         return applied
 
+    def _results_gone_for_good(self, batch: ModelCompletionBatch, error: ProviderError) -> bool:
+        """Count one more "not found" on the results; True once the bound is reached, else the
+        next read is scheduled (and the caller reports the error)."""
+        now = db_now()
+        wait = timedelta(seconds=float(get_setting("RESULTS_WAIT_SECONDS")))
+        with transaction.atomic():
+            locked = self.lock(batch.pk)
+            since = locked.results_lacking_since or now
+            attempts = locked.results_read_attempts + 1
+            if attempts >= int(get_setting("RESULTS_GONE_ATTEMPTS")) or now - since >= wait:
+                return True
+            locked.results_lacking_since = since
+            locked.results_read_attempts = attempts
+            locked.results_next_read_at = now + _results_backoff(attempts, since + wait - now)
+            locked.save(
+                update_fields=[
+                    "results_lacking_since",
+                    "results_read_attempts",
+                    "results_next_read_at",
+                ]
+            )
+        logger.warning(
+            "Batch %s: results not found at the provider (%s); attempt %d, reading again later",
+            batch.pk,
+            error.one_line,
+            attempts,
+        )
+        return False
+
     def apply_result_page(self, batch: ModelCompletionBatch, entries: list[ResultEntry]) -> int:
-        """Apply one page of results in a few queries; idempotent. Returns rows changed."""
-        by_id = {entry.custom_id: entry for entry in entries}  # a repeated line counts once
+        """Apply one page of results in a few queries; idempotent. Returns rows changed.
+
+        A result applies to a pending line; a success also replaces a provider error stored
+        earlier in the harvest (the same id served twice, on another page), so the outcome does
+        not depend on page boundaries, and an error never replaces anything but a pending line.
+        A line whose values cannot be stored is failed alone, with the reason.
+        """
+        by_id: dict[str, ResultEntry] = {}
+        for entry in entries:
+            kept = by_id.get(entry.custom_id)
+            if kept is None or (kept.completion is None and entry.completion is not None):
+                by_id[entry.custom_id] = entry
         if not by_id:
             return 0
         now = timezone.now()
@@ -820,36 +924,47 @@ class BatchStrategy:
                 return 0
             stored = ModelCompletion.objects.filter(
                 batch_id=batch.pk, batch_custom_id__in=list(by_id)
-            ).values_list("pk", "batch_custom_id", "status", "response_format")
-            known: dict[str, tuple[int, Any]] = {}
+            ).values_list("pk", "batch_custom_id", "status", "failure_error", "response_format")
+            to_pending: list[dict[str, Any]] = []
+            replacing: list[dict[str, Any]] = []
             seen = set()
-            for pk, custom_id, status, response_format in stored:
+            for pk, custom_id, status, failure_error, response_format in stored:
                 seen.add(custom_id)
+                entry = by_id[custom_id]
                 if status == CompletionStatus.PENDING:
-                    known[custom_id] = (pk, response_format)
+                    target = to_pending
+                elif (
+                    entry.completion is not None
+                    and status == CompletionStatus.FAILED
+                    and failure_error in PROVIDER_ERROR_KINDS
+                ):
+                    target = replacing
+                else:
+                    continue
+                try:
+                    row = self.result_row(locked, entry, response_format, now)
+                except Exception as error:  # one odd line must not stop the page
+                    row = _unstorable_row(locked.pk, custom_id, error, now)
+                row["id"] = pk
+                target.append(row)
             for custom_id in by_id.keys() - seen:
                 logger.warning(
                     "Batch %s: provider returned a result for unknown id %r; skipped",
                     batch.pk,
                     custom_id,
                 )
-            rows = []
-            for custom_id, (pk, response_format) in known.items():
-                row = self.result_row(locked, by_id[custom_id], response_format, now)
-                row["id"] = pk
-                rows.append(row)
             # Matched on the primary key read above: with (batch, custom id) and the status
             # filter, PostgreSQL may probe the (batch, status) index and scan every pending row
             # of the batch for each result, when its statistics say that few rows are pending.
-            changed = update_from_values(
-                ModelCompletion,
-                key_fields=("id",),
-                set_fields=RESULT_FIELDS,
-                rows=rows,
-                where="t.status = %s",
-                where_params=[CompletionStatus.PENDING],
-            )
-            finished_ids = list(known)
+            changed = self._store_rows(batch.pk, to_pending, "t.status = %s", [PENDING])
+            if replacing:
+                changed += self._store_rows(
+                    batch.pk,
+                    replacing,
+                    "t.status = %s AND t.failure_error IN (%s, %s)",
+                    [CompletionStatus.FAILED, *PROVIDER_ERROR_KINDS],
+                )
+            finished_ids = [row["batch_custom_id"] for row in (*to_pending, *replacing)]
             transaction.on_commit(
                 lambda: signals.completions_finished.send(
                     sender=ModelCompletion,
@@ -859,6 +974,47 @@ class BatchStrategy:
                     ),
                 )
             )
+        return changed
+
+    def _store_rows(
+        self, batch_pk: int, rows: list[dict[str, Any]], where: str, params: list[Any]
+    ) -> int:
+        """One statement for the page; should the database refuse it, row by row, failing only
+        the rows it refuses (their reason says why)."""
+        if not rows:
+            return 0
+
+        def store(part: list[dict[str, Any]]) -> int:
+            with _savepoint():
+                return update_from_values(
+                    ModelCompletion,
+                    key_fields=("id",),
+                    set_fields=RESULT_FIELDS,
+                    rows=part,
+                    where=where,
+                    where_params=params,
+                )
+
+        try:
+            return store(rows)
+        except STORE_ERRORS as error:
+            logger.warning(
+                "Batch %s: a page of %d results was refused (%s); storing it row by row",
+                batch_pk,
+                len(rows),
+                _one_line(error),
+            )
+        changed = 0
+        for row in rows:
+            try:
+                changed += store([row])
+                continue
+            except STORE_ERRORS as error:
+                failed = _unstorable_row(batch_pk, row["batch_custom_id"], error, timezone.now())
+                failed["id"] = row["id"]
+            # A failure row holds only plain values: should even it be refused, the fault is
+            # not in this line but in the statement or the database, and is raised.
+            changed += store([failed])
         return changed
 
     def price(self, model: str) -> ModelPrice | None:
@@ -874,7 +1030,12 @@ class BatchStrategy:
         response_format: Any,
         now: datetime,
     ) -> dict[str, Any]:
-        """The column values a result writes into its completion."""
+        """The column values a result writes into its completion, made storable.
+
+        NUL and lone surrogates are dropped from text and JSON, token counts outside the
+        columns' range are left empty, and each such change is listed in the payload under
+        ``_raif_cleaned``; a cost beyond the cost columns fails the line, answer kept.
+        """
         row: dict[str, Any] = {name: None for name in RESULT_FIELDS}
         row.update(
             batch=batch.pk,
@@ -886,7 +1047,8 @@ class BatchStrategy:
         )
         parsed = entry.completion
         if parsed is None:
-            message = entry.error or "The provider returned no result for this request."
+            message = clean_text(entry.error or "")[0]
+            message = message or "The provider returned no result for this request."
             row.update(
                 status=CompletionStatus.FAILED,
                 failure_error=_failure_kind(message),
@@ -894,33 +1056,65 @@ class BatchStrategy:
                 failed_at=now,
             )
             return row
+        cleaned: list[str] = []
+        text, dropped = clean_text(parsed.text)
+        if dropped:
+            cleaned.append("text: NUL or lone surrogate characters removed")
+        finish_reason, dropped = clean_text(parsed.finish_reason)
+        if dropped:
+            cleaned.append("finish_reason: NUL or lone surrogate characters removed")
+        payload, dropped = clean_json(parsed.payload)
+        if dropped:
+            cleaned.append("payload: NUL or lone surrogate characters removed")
+        tool_calls, dropped = clean_json(parsed.tool_calls)
+        if dropped:
+            cleaned.append("tool_calls: NUL or lone surrogate characters removed")
+        tokens: dict[str, int | None] = {}
+        for name in TOKEN_FIELDS:
+            value = getattr(parsed, name)
+            tokens[name] = storable_count(value)
+            if tokens[name] != value:
+                cleaned.append(f"{name}: {value} is out of range; left empty")
         cost = completion_cost(
             self.price(batch.model),
-            prompt_tokens=parsed.prompt_tokens or 0,
-            cached_tokens=parsed.cached_tokens or 0,
-            output_tokens=parsed.billed_output_tokens,
+            prompt_tokens=tokens["prompt_tokens"] or 0,
+            cached_tokens=tokens["cached_tokens"] or 0,
+            output_tokens=(tokens["completion_tokens"] or 0) + (tokens["reasoning_tokens"] or 0),
             provider_ticks=parsed.cost_ticks,
         )
+        if cleaned and isinstance(payload, dict):
+            payload = {**payload, CLEANED_KEY: cleaned}
         row.update(
             status=CompletionStatus.COMPLETED,
-            raw_response=parsed.text,
-            response_payload=parsed.payload,
-            response_tool_calls=parsed.tool_calls,
-            finish_reason=parsed.finish_reason[:32],
-            prompt_tokens=parsed.prompt_tokens,
-            completion_tokens=parsed.completion_tokens,
-            total_tokens=parsed.total_tokens,
-            reasoning_tokens=parsed.reasoning_tokens,
-            cached_tokens=parsed.cached_tokens,
+            raw_response=text,
+            response_payload=payload,
+            response_tool_calls=tool_calls,
+            finish_reason=finish_reason[:32],
             prompt_token_cost=cost.prompt,
             output_token_cost=cost.output,
             total_cost=cost.total,
             completed_at=now,
+            **tokens,
         )
+        if not all(cost_fits(value) for value in (cost.prompt, cost.output, cost.total)):
+            row.update(
+                status=CompletionStatus.FAILED,
+                prompt_token_cost=None,
+                output_token_cost=None,
+                total_cost=None,
+                failure_error="unstorable result",
+                failure_reason=(
+                    f"The provider's cost ({parsed.cost_ticks} ticks, {cost.total} USD) does not "
+                    "fit the cost columns; the answer is kept."
+                ),
+                completed_at=None,
+                failed_at=now,
+            )
+            return row
         if _wants_json(response_format):
             try:
-                row["response_json"] = json.loads(parsed.text)
-            except ValueError as error:
+                row["response_json"] = clean_json(json.loads(text))[0]
+            except (ValueError, RecursionError) as error:
                 # Paid for and kept, but not usable as structured output.
                 row.update(
                     status=CompletionStatus.FAILED,
@@ -931,9 +1125,19 @@ class BatchStrategy:
                 )
         return row
 
-    def finish_results(self, batch: ModelCompletionBatch) -> ModelCompletionBatch:
-        """Fail what the provider never answered, total the costs, mark the results fetched."""
-        now = timezone.now()
+    def finish_results(
+        self, batch: ModelCompletionBatch, *, unavailable: ProviderError | None = None
+    ) -> ModelCompletionBatch:
+        """Fail what the provider never answered, total the costs, mark the results fetched.
+
+        Not while results are missing that the provider's counters count (succeeded + failed):
+        then the shortfall is recorded (``results_lacking_since``, ``results_stored_count``)
+        and a later read scheduled (``results_next_read_at``, with backoff), until
+        ``RESULTS_WAIT_SECONDS`` have passed since the first short harvest. ``unavailable`` (the
+        results are gone) ends the harvest at once.
+        """
+        now = db_now()
+        wait = float(get_setting("RESULTS_WAIT_SECONDS"))
         with transaction.atomic():
             locked = self.lock(batch.pk)
             if locked.results_fetched_at is not None:
@@ -947,7 +1151,25 @@ class BatchStrategy:
                     locked.failure_reason or "The provider failed the batch.",
                 ),
             }[BatchStatus(locked.status)]
-            locked.completions.filter(status=CompletionStatus.PENDING).update(
+            short = None if unavailable is not None else _results_short(locked)
+            if short is not None:
+                stored, expected = short
+                since = locked.results_lacking_since or now
+                if now - since < timedelta(seconds=wait):
+                    self._wait_for_results(locked, now, since, stored, expected)
+                    return locked
+                if locked.status == BatchStatus.ENDED:
+                    reason = (
+                        "entry missing",
+                        "The provider counted this result but never served it, "
+                        f"after waiting {wait:g} s.",
+                    )
+            if unavailable is not None:
+                reason = (
+                    "results unavailable",
+                    "Results no longer available: " + _one_line(unavailable),
+                )
+            failed_now = locked.completions.filter(status=CompletionStatus.PENDING).update(
                 status=CompletionStatus.FAILED,
                 failure_error=reason[0],
                 failure_reason=reason[1][:FAILURE_TEXT_LIMIT],
@@ -966,10 +1188,31 @@ class BatchStrategy:
                 failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
                 all=Count("pk"),
             )
+            if locked.failure_error not in OWN_FAILURE_KINDS:
+                # Notes on reads that did not get through are moot once the harvest is over.
+                if unavailable is not None:
+                    locked.failure_error = "results unavailable"
+                    locked.failure_reason = (
+                        f"The provider no longer serves this batch's results "
+                        f"({_one_line(unavailable)}); {failed_now} request(s) without a result "
+                        "were failed."
+                    )
+                elif short is not None:
+                    locked.failure_error = "results missing"
+                    locked.failure_reason = (
+                        f"The provider served {short[0]} of the {short[1]} results its counters "
+                        f"report, and no more after waiting {wait:g} s; {failed_now} request(s) "
+                        "were failed as never served."
+                    )
+                elif locked.status in (BatchStatus.ENDED, BatchStatus.CANCELED):
+                    locked.failure_error = ""
+                    locked.failure_reason = ""
             locked.prompt_token_cost = totals["prompt"]
             locked.output_token_cost = totals["output"]
             locked.total_cost = totals["total"]
             locked.results_fetched_at = now
+            locked.results_next_read_at = None
+            locked.results_stored_count = totals["all"] - failed_now
             locked.save()
             tally = {
                 "total": totals["all"],
@@ -982,6 +1225,112 @@ class BatchStrategy:
                 )
             )
         return locked
+
+    @staticmethod
+    def _wait_for_results(
+        locked: ModelCompletionBatch, now: datetime, since: datetime, stored: int, expected: int
+    ) -> None:
+        """Record a short harvest and when to read again; the batch stays awaiting harvest."""
+        wait = timedelta(seconds=float(get_setting("RESULTS_WAIT_SECONDS")))
+        attempts = locked.results_read_attempts + 1
+        next_read = now + _results_backoff(attempts, since + wait - now)
+        locked.results_lacking_since = since
+        locked.results_read_attempts = attempts
+        locked.results_next_read_at = next_read
+        locked.results_stored_count = stored
+        fields = [
+            "results_lacking_since",
+            "results_read_attempts",
+            "results_next_read_at",
+            "results_stored_count",
+        ]
+        if locked.failure_error not in OWN_FAILURE_KINDS:
+            locked.failure_error = "results incomplete"
+            locked.failure_reason = (
+                f"The provider has served {stored} of the {expected} results its counters "
+                f"report; reading again after {next_read:%Y-%m-%d %H:%M:%S} UTC, for up to "
+                f"{wait.total_seconds():g} s after {since:%Y-%m-%d %H:%M:%S} UTC."
+            )
+            fields += ["failure_error", "failure_reason"]
+        locked.save(update_fields=fields)
+        logger.info("Batch %s: %s of %s results served so far", locked.pk, stored, expected)
+
+
+#: What a database (or its driver) raises on a value it cannot store.
+STORE_ERRORS = (DatabaseError, ValueError, RecursionError, OverflowError)
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+)
+PENDING = CompletionStatus.PENDING
+
+
+def _savepoint() -> Any:
+    """A savepoint where a refused statement would abort the whole transaction (PostgreSQL);
+    elsewhere the transaction survives a refused statement, and a savepoint costs two queries."""
+    if connection.vendor == "postgresql":
+        return transaction.atomic()
+    return contextlib.nullcontext()
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, ProviderError):
+        return error.one_line
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:500]
+
+
+def _unstorable_row(
+    batch_pk: int, custom_id: str, error: BaseException, now: datetime
+) -> dict[str, Any]:
+    """A failed line that says why its result could not be stored."""
+    row: dict[str, Any] = {name: None for name in RESULT_FIELDS}
+    row.update(
+        batch=batch_pk,
+        batch_custom_id=custom_id,
+        status=CompletionStatus.FAILED,
+        raw_response="",
+        finish_reason="",
+        failure_error="unstorable result",
+        failure_reason=clean_text(f"The result could not be stored: {_one_line(error)}")[0][
+            :FAILURE_TEXT_LIMIT
+        ],
+        failed_at=now,
+    )
+    return row
+
+
+def _results_gone(error: ProviderError) -> bool:
+    """The provider says this batch's results do not exist (any more)."""
+    return isinstance(error, ProviderNotFound) or error.status_code in (404, 410)
+
+
+def _results_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
+    """(outcomes stored, outcomes the provider counts) when results are still to come."""
+    counts = batch.request_counts or {}
+    expected = _count(counts, "succeeded") + _count(counts, "failed")
+    if not expected:
+        return None
+    outcomes = (
+        batch.completions.exclude(status=CompletionStatus.PENDING)
+        .exclude(failure_error__in=UNCOUNTED_KINDS)
+        .count()
+    )
+    if outcomes >= expected:
+        return None
+    if not batch.completions.filter(status=CompletionStatus.PENDING).exists():
+        return None  # nothing left to wait for, whatever the counters say
+    return outcomes, expected
+
+
+def _results_backoff(attempts: int, remaining: timedelta) -> timedelta:
+    """Doubling from POLL_INTERVAL, capped, and never past the end of the wait."""
+    base = max(float(get_setting("POLL_INTERVAL")), 1.0)
+    delay = timedelta(seconds=min(base * 2 ** min(attempts - 1, 16), RESULTS_BACKOFF_MAX))
+    return max(min(delay, remaining), timedelta(0))
 
 
 def _clear_refusal(error: ProviderError) -> bool:
