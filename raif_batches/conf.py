@@ -51,6 +51,13 @@ DEFAULTS: dict[str, Any] = {
     "PROVIDERS": {},
     # Attempts at a batch's completion handler before it is given up.
     "HANDLER_MAX_ATTEMPTS": 5,
+    # Bytes of one provider answer read at most: a bigger results page is asked again with half
+    # the page size; this bounds a harvest's peak memory whatever the provider sends.
+    "MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
+    # Pages and seconds one listing (results, batch list) may take before it is abandoned as a
+    # provider fault: a pagination token that changes on every page would never end.
+    "LISTING_MAX_PAGES": 10_000,
+    "LISTING_MAX_SECONDS": 1800.0,
 }
 
 
@@ -98,6 +105,33 @@ def request_timeout() -> tuple[float, float]:
         return (float(value), float(value))
     connect, read = value
     return (float(connect), float(read))
+
+
+def positive_integer_setting(name: str) -> int:
+    value = get_setting(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BatchConfigurationError(
+            f"RAIF_BATCHES[{name!r}] must be a positive integer, not {value!r}."
+        )
+    return value
+
+
+def seconds_setting(name: str) -> float:
+    value = get_setting(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e12:
+        raise BatchConfigurationError(
+            f"RAIF_BATCHES[{name!r}] must be a non-negative number of seconds, not {value!r}."
+        )
+    return float(value)
+
+
+def max_response_bytes() -> int:
+    return positive_integer_setting("MAX_RESPONSE_BYTES")
+
+
+def listing_bounds() -> tuple[int, float]:
+    """(pages, seconds) one listing may take."""
+    return positive_integer_setting("LISTING_MAX_PAGES"), seconds_setting("LISTING_MAX_SECONDS")
 
 
 def api_key(provider: str = "xai") -> str:
