@@ -97,10 +97,13 @@ def build_session(pool_size: int = 16) -> requests.Session:
 
 
 def redact(text: str, secret: str | None) -> str:
-    """``text`` without ``secret``, also in the escaped form ``repr`` gives it in messages."""
+    """``text`` without ``secret``: also in the escaped form ``repr`` gives it in messages, and
+    without any long piece of it (a key with a line break in it is quoted in pieces)."""
     if not secret:
         return text
-    for form in {secret, secret.strip(), repr(secret)[1:-1]}:
+    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    forms.update(part for part in secret.split() if len(part) >= 8)
+    for form in sorted(forms, key=len, reverse=True):
         if form and form in text:
             text = text.replace(form, REDACTED)
     return text
@@ -228,8 +231,9 @@ class ApiClient:
         max_bytes: int | None = None,
     ):
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._auth = _BearerAuth(api_key)
+        # A key pasted with its line break (``$(cat key.txt)``) is the same key.
+        self._api_key = api_key.strip()
+        self._auth = _BearerAuth(self._api_key)
         self.session = session or build_session()
         self.retry = retry or RetryPolicy.from_settings()
         self.timeout = timeout or request_timeout()
