@@ -248,7 +248,7 @@ def test_unrepresentable_times_are_unknown_not_a_crash(emulator: Any, expire_tim
 
 
 def test_every_result_envelope_is_read(emulator: Any) -> None:
-    batch = ended_batch(emulator, 10)
+    batch = ended_batch(emulator, 11)
     tool_answer = completion(
         None,
         choices=[
@@ -284,6 +284,7 @@ def test_every_result_envelope_is_read(emulator: Any) -> None:
             {"batch_request_id": "req-006", "error_message": "E6 message"},
             {"batch_request_id": "req-007", "error_message": {"code": 8, "message": "E7 object"}},
             {"batch_request_id": "req-008", "batch_result": {"response": "oops"}},
+            {"batch_request_id": "req-010", "batch_result": {"response": {"status": "odd"}}},
             {
                 "batch_request_id": "req-009",
                 "batch_result": {"response": {"chat_get_completion": tool_answer}},
@@ -304,6 +305,7 @@ def test_every_result_envelope_is_read(emulator: Any) -> None:
     assert got["req-007"] == ("failed", "", "E7 object")
     assert got["req-008"][0] == "failed" and "not an object" in got["req-008"][2]
     assert got["req-009"][:2] == ("completed", "Final")
+    assert got["req-010"][0] == "failed" and "carries no completion" in got["req-010"][2]
     tool_line = batch.completions.get(batch_custom_id="req-009")
     assert tool_line.finish_reason == "tool_calls"  # the last reason given, not ""
     assert tool_line.response_payload["citations"] == tool_answer["citations"]

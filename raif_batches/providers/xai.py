@@ -403,10 +403,12 @@ class XAIStrategy(BatchStrategy):
         A response that is not a completion object fails the line with a reason that says so.
         """
         found, response = find_response(item)
-        if isinstance(response, dict):
+        if isinstance(response, dict) and "choices" in response:
             return ResultEntry(custom_id=custom_id, completion=self.parse_completion(response))
         error = error_text(item)
-        if error is None and found:
+        if error is None and isinstance(response, dict):
+            error = "The provider's response for this request carries no completion (no choices)."
+        elif error is None and found:
             error = (
                 "The provider's response for this request is not an object "
                 f"({type(response).__name__}: {str(response)[:100]!r})."
