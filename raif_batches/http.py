@@ -356,7 +356,7 @@ class ApiClient:
             failure = self.classify_error(response)
             retry = failure.retryable
             return _Fault(failure, retry=retry, ambiguous=retry, response=response)
-        return self._decode(method, path, response, body, expect)
+        return self._decode(response, body, expect)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytearray:
         """The answer's bytes, refused past ``max_bytes`` or past the call's time budget."""
@@ -379,12 +379,7 @@ class ApiClient:
         return body
 
     def _decode(
-        self,
-        method: str,
-        path: str,
-        response: requests.Response,
-        body: bytearray,
-        expect: Validator | None,
+        self, response: requests.Response, body: bytearray, expect: Validator | None
     ) -> Any:
         """The decoded answer of a 2xx/3xx, or a fault that says in one line why it is unusable."""
         status = response.status_code
@@ -410,7 +405,7 @@ class ApiClient:
                     problem = expect(payload)
         if problem is None:
             return payload
-        error = UnreadableAnswer(f"{method} {path}: HTTP {status}: {problem}", status_code=status)
+        error = UnreadableAnswer(f"HTTP {status}: {problem}", status_code=status)
         return _Fault(error, retry=True, ambiguous=True, response=response)
 
     def _redact(self, text: str) -> str:
