@@ -4,6 +4,12 @@ Everything here follows the provider's observed behaviour (``shared/xai-batch-ap
 is no status field, ids are ``batch_id``, times may be date-only, ``state`` may be absent, the
 last page's token is ``null`` or ``""``, a failed line's error comes in three shapes, and
 reasoning tokens are not part of ``completion_tokens``.
+
+Nothing the provider sends may crash a parser here: every answer's shape is checked by the HTTP
+client (``expect``), so a wrongly shaped one is a retried provider fault; inside a valid shape, a
+field of the wrong type reads as absent, a time that cannot be represented as unknown, and a
+result line in an unknown envelope fails with a reason. A create answered without a
+``batch_id`` is ambiguous (it may exist), never a snapshot with an empty id.
 """
 
 from __future__ import annotations
