@@ -27,6 +27,7 @@ from __future__ import annotations
 import email.utils
 import json as jsonlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -185,6 +186,18 @@ def json_depth_exceeds(payload: Any, limit: int) -> bool:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False
+
+
+def _refuse(name: str) -> Any:
+    # NaN and Infinity are not JSON, and PostgreSQL refuses them in a jsonb column.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as infinity: as unstorable as Infinity
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
 
 
 class _BearerAuth(AuthBase):
@@ -392,7 +405,7 @@ class ApiClient:
             problem = "the answer is empty"
         else:
             try:
-                payload = jsonlib.loads(body)
+                payload = jsonlib.loads(body, parse_constant=_refuse, parse_float=_finite)
             except RecursionError:
                 problem = f"the answer nests deeper than {MAX_JSON_DEPTH} levels"
             except ValueError:
