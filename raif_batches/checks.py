@@ -19,6 +19,7 @@ NUMBER_SETTINGS = (
     "RECONCILE_MAX_SECONDS",
     "HANDLER_LEASE_SECONDS",
     "RESULTS_WAIT_SECONDS",
+    "LISTING_MAX_SECONDS",
 )
 INTEGER_SETTINGS = (
     "POLL_CONCURRENCY",
@@ -26,6 +27,8 @@ INTEGER_SETTINGS = (
     "HANDLER_MAX_ATTEMPTS",
     "RECONCILE_MAX_PAGES",
     "RESULTS_GONE_ATTEMPTS",
+    "MAX_RESPONSE_BYTES",
+    "LISTING_MAX_PAGES",
 )
 #: Seconds a lease must outlast one whole HTTP call (connect + read timeout): the time between
 #: renewing the lease under the row lock and sending the create, and recording its end.

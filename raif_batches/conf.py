@@ -73,6 +73,15 @@ DEFAULTS: dict[str, Any] = {
     # Harvests that meet "not found" (404/410) on a finished batch's results before its
     # unserved lines are failed as no longer available (or RESULTS_WAIT_SECONDS, if sooner).
     "RESULTS_GONE_ATTEMPTS": 5,
+    # Bytes of one provider answer read at most: a bigger results page is asked again with half
+    # the page size. This bounds a harvest's peak memory whatever the provider sends: two pages
+    # are in flight (one stored, one read ahead), each held as bytes, text and objects; measured
+    # at about 9x this value (benchmarks/big_pages.py).
+    "MAX_RESPONSE_BYTES": 32 * 1024 * 1024,
+    # Pages and seconds one listing (results, batch list) may take before it is abandoned as a
+    # provider fault: a pagination token that changes on every page would never end.
+    "LISTING_MAX_PAGES": 10_000,
+    "LISTING_MAX_SECONDS": 1800.0,
 }
 
 
@@ -120,6 +129,33 @@ def request_timeout() -> tuple[float, float]:
         return (float(value), float(value))
     connect, read = value
     return (float(connect), float(read))
+
+
+def positive_integer_setting(name: str) -> int:
+    value = get_setting(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BatchConfigurationError(
+            f"RAIF_BATCHES[{name!r}] must be a positive integer, not {value!r}."
+        )
+    return value
+
+
+def seconds_setting(name: str) -> float:
+    value = get_setting(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e12:
+        raise BatchConfigurationError(
+            f"RAIF_BATCHES[{name!r}] must be a non-negative number of seconds, not {value!r}."
+        )
+    return float(value)
+
+
+def max_response_bytes() -> int:
+    return positive_integer_setting("MAX_RESPONSE_BYTES")
+
+
+def listing_bounds() -> tuple[int, float]:
+    """(pages, seconds) one listing may take."""
+    return positive_integer_setting("LISTING_MAX_PAGES"), seconds_setting("LISTING_MAX_SECONDS")
 
 
 def api_key(provider: str = "xai") -> str:

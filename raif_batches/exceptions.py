@@ -90,6 +90,21 @@ class ProviderUnavailable(ProviderError):
     retryable = True
 
 
+class UnreadableAnswer(ProviderUnavailable):
+    """A 2xx (or 3xx) whose body is empty, not JSON, or not of the expected shape: a provider
+    fault, retried like a 5xx for idempotent calls. On a create it is an
+    :class:`AmbiguousSubmission` instead: the batch may have been created."""
+
+    kind = "unreadable answer from provider"
+
+
+class AnswerTooLarge(ProviderUnavailable):
+    """An answer bigger than ``MAX_RESPONSE_BYTES``: reading it would break the memory bound.
+    Listings ask again for smaller pages; anything else gives up at once."""
+
+    kind = "provider answer too large"
+
+
 class AmbiguousSubmission(ProviderError):
     """A non-idempotent call (batch create) may or may not have reached the provider.
 

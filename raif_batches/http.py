@@ -1,47 +1,96 @@
 """All HTTP goes through here: one session factory, timeouts, safe retries, error mapping.
 
-Only idempotent calls are retried. A call that creates something at the provider (a batch) is
-sent once; if its answer is lost, :class:`~raif_batches.exceptions.AmbiguousSubmission` tells
-the caller to reconcile instead of trying again.
+The rules, and why:
+
+* Only idempotent calls are retried. A call that creates something at the provider (a batch) is
+  sent once; if its answer is lost **or cannot be read** (HTML from a proxy, an empty or cut
+  body, JSON of the wrong shape), :class:`~raif_batches.exceptions.AmbiguousSubmission` tells
+  the caller to reconcile instead of trying again: the batch may exist and cost money. Only a
+  clear refusal (a 4xx) is taken as "nothing was created".
+* Whatever the provider sends, the caller sees a :class:`~raif_batches.exceptions.ProviderError`
+  and nothing else: an unreadable or wrongly shaped 2xx is a provider fault, retried like a 5xx
+  for idempotent calls; anything ``requests`` or the JSON decoder raises (a bad
+  ``Content-Encoding``, JSON nested thousands deep, an invalid URL) is mapped here.
+* Memory is bounded whatever the provider sends: answers are streamed and refused past
+  ``MAX_RESPONSE_BYTES`` (:class:`~raif_batches.exceptions.AnswerTooLarge`, which a paging caller
+  answers by asking for smaller pages), and JSON deeper than :data:`MAX_JSON_DEPTH` is refused.
+* Redirects are not followed: the API never redirects, and following one would resend the key
+  and turn a POST into a GET. A 3xx is a provider fault like any unreadable answer.
+* The key never escapes: it is added to each prepared request by an auth object (never kept in a
+  local or a headers dict of ours), blanked in every request that an answer or an error keeps,
+  and no error leaving the client chains to an exception raised inside ``requests`` (those carry
+  the request and a traceback whose frames hold the headers).
 """
 
 from __future__ import annotations
 
 import email.utils
+import json as jsonlib
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 
-from .conf import RetryPolicy, request_timeout
+from .conf import RetryPolicy, max_response_bytes, request_timeout
 from .exceptions import (
     AmbiguousSubmission,
+    AnswerTooLarge,
     ProviderAuthenticationError,
     ProviderError,
     ProviderNotFound,
     ProviderRejected,
     ProviderUnavailable,
+    UnreadableAnswer,
 )
 
 logger = logging.getLogger("raif_batches.http")
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-# ChunkedEncodingError: the connection closed in the middle of the answer's body.
+# Faults that may pass: a dropped or stalled connection, a body closed or garbled in transit.
 TRANSIENT_EXCEPTIONS = (
     requests.ConnectionError,
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+# Raised while the request is being prepared: nothing reached the provider.
+UNSENT_EXCEPTIONS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidJSONError,
 )
 REDACTED = "[redacted]"
+#: Deeper JSON is refused: a real answer is a dozen levels deep, and a deep one would make
+#: every later ``json.dumps`` (storing the payload) hit the recursion limit.
+MAX_JSON_DEPTH = 100
+CHUNK_BYTES = 256 * 1024
+
+#: Checks a decoded answer; returns what is wrong with it, or None when it is usable.
+Validator = Callable[[Any], "str | None"]
+
+
+class _NoRedirectSession(requests.Session):
+    """A session that never prepares a redirect: even with ``allow_redirects=False``, requests
+    reads a 3xx body in full (unbounded) and keeps a copy of the request, key included, in
+    ``response.next``."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
 
 
 def build_session(pool_size: int = 16) -> requests.Session:
     """A keep-alive session whose connection pool fits the poller's concurrency."""
-    session = requests.Session()
+    session = _NoRedirectSession()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -49,8 +98,15 @@ def build_session(pool_size: int = 16) -> requests.Session:
 
 
 def redact(text: str, secret: str | None) -> str:
-    if secret and secret in text:
-        return text.replace(secret, REDACTED)
+    """``text`` without ``secret``: also in the escaped form ``repr`` gives it in messages, and
+    without any long piece of it (a key with a line break in it is quoted in pieces)."""
+    if not secret:
+        return text
+    forms = {secret, secret.strip(), repr(secret)[1:-1]}
+    forms.update(part for part in secret.split() if len(part) >= 8)
+    for form in sorted(forms, key=len, reverse=True):
+        if form and form in text:
+            text = text.replace(form, REDACTED)
     return text
 
 
@@ -62,6 +118,14 @@ def scrub_request(request: Any) -> None:
         headers["Authorization"] = f"Bearer {REDACTED}"
 
 
+def scrub_response(response: Any) -> None:
+    if response is None:
+        return
+    for sent in (*getattr(response, "history", ()), response):
+        scrub_request(getattr(sent, "request", None))
+    scrub_request(getattr(response, "_next", None))
+
+
 def retry_after_seconds(response: requests.Response | None) -> float | None:
     """Seconds asked by ``Retry-After`` (a number or an HTTP date); None when absent or bad."""
     if response is None:
@@ -70,14 +134,95 @@ def retry_after_seconds(response: requests.Response | None) -> float | None:
     if not value:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if seconds < float("inf") else None  # NaN fails the test too
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        return max(parsed.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None  # unreadable: fall back to our own backoff
-    return max(parsed.timestamp() - time.time(), 0.0)
+
+
+def describe(payload: Any) -> str:
+    """A few words naming a decoded answer's type, for messages (never its content)."""
+    if isinstance(payload, dict):
+        return "an object without the expected fields"
+    if isinstance(payload, list):
+        return f"a JSON list of {len(payload)} item(s)"
+    return f"a JSON {type(payload).__name__}"
+
+
+def json_object(*required: str) -> Validator:
+    """A validator: the answer is a JSON object whose ``required`` fields are non-empty ids."""
+
+    def check(payload: Any) -> str | None:
+        if not isinstance(payload, dict):
+            return f"expected a JSON object, got {describe(payload)}"
+        for key in required:
+            value = payload.get(key)
+            if isinstance(value, bool) or not isinstance(value, str | int) or not str(value):
+                return f"the answer has no {key!r}"
+        return None
+
+    return check
+
+
+def json_depth_exceeds(payload: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit``; strings are not walked, so a page of
+    big answers costs a few visits per entry."""
+    stack: list[tuple[Any, int]] = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _refuse(name: str) -> Any:
+    # NaN and Infinity are not JSON, and PostgreSQL refuses them in a jsonb column.
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 reads as infinity: as unstorable as Infinity
+        raise ValueError(f"{text[:20]} is out of range")
+    return value
+
+
+class _BearerAuth(AuthBase):
+    """Adds the key to each prepared request, so no headers dict of ours ever holds it."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = "Bearer " + self._key
+        return request
+
+    def __repr__(self) -> str:
+        return "<bearer key>"
+
+
+@dataclass
+class _Fault:
+    """A failed attempt. ``retry``: worth another attempt within this run (idempotent calls
+    only); ``ambiguous``: the call may have reached the provider and taken effect."""
+
+    error: ProviderError
+    retry: bool
+    ambiguous: bool
+    response: requests.Response | None = None
 
 
 class ApiClient:
@@ -96,12 +241,16 @@ class ApiClient:
         retry: RetryPolicy | None = None,
         timeout: tuple[float, float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_bytes: int | None = None,
     ):
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        # A key pasted with its line break (``$(cat key.txt)``) is the same key.
+        self._api_key = api_key.strip()
+        self._auth = _BearerAuth(self._api_key)
         self.session = session or build_session()
         self.retry = retry or RetryPolicy.from_settings()
         self.timeout = timeout or request_timeout()
+        self.max_bytes = max_bytes or max_response_bytes()
         self._sleep = sleep
 
     def __repr__(self) -> str:  # never show the key
@@ -118,54 +267,47 @@ class ApiClient:
         data: Any = None,
         files: Any = None,
         headers: Mapping[str, str] | None = None,
+        expect: Validator | None = None,
     ) -> Any:
-        """Send one call and return its decoded JSON, retrying only when that is safe."""
-        url = f"{self.base_url}{path}"
-        all_headers = {"Authorization": f"Bearer {self._api_key}", "Accept": "application/json"}
-        all_headers.update(headers or {})
+        """Send one call and return its decoded JSON, retrying only when that is safe.
+
+        ``expect`` checks the answer's shape; a wrongly shaped answer is a provider fault like an
+        unreadable one. Every error raised is a :class:`ProviderError` with no exception chained.
+        """
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            response: requests.Response | None = None
             if hasattr(data, "seek"):
                 data.seek(0)  # a retried upload starts from the beginning again
-            try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    data=data,
-                    files=files,
-                    headers=all_headers,
-                    timeout=self.timeout,
+            outcome = self._attempt(
+                method,
+                path,
+                params=params,
+                json=json,
+                data=data,
+                files=files,
+                headers=headers,
+                expect=expect,
+                deadline=started + self.retry.max_total_seconds,
+            )
+            if not isinstance(outcome, _Fault):
+                return outcome
+            failure = outcome.error
+            if not idempotent and outcome.ambiguous:
+                # A create answered by a fault may still have created the batch: never repeat it
+                # blindly; the caller looks it up by name.
+                raise AmbiguousSubmission(
+                    f"{method} {path}: {failure}; it may have been accepted.",
+                    status_code=failure.status_code,
+                    response=outcome.response,
                 )
-            except TRANSIENT_EXCEPTIONS as error:
-                scrub_request(error.request)
-                failure: ProviderError = self._transient(f"{type(error).__name__}: {error}")
-                if not idempotent:
-                    raise AmbiguousSubmission(
-                        f"{method} {path} got no answer ({type(error).__name__}); "
-                        "it may have been accepted."
-                    ) from error
-            else:
-                for sent in (*response.history, response):
-                    scrub_request(sent.request)
-                if response.status_code < 400:
-                    return self._decode(response)
-                failure = self.classify_error(response)
-                if not failure.retryable:
-                    raise failure
-                if not idempotent:
-                    # A 5xx on create may still have created the batch: never repeat it blindly.
-                    raise AmbiguousSubmission(
-                        str(failure), status_code=response.status_code, response=response
-                    )
+            if not outcome.retry or not idempotent:
+                raise failure
             elapsed = time.monotonic() - started
-            delay = self._backoff(attempt, retry_after_seconds(response))
+            delay = self._backoff(attempt, retry_after_seconds(outcome.response))
             if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_seconds:
-                raise ProviderUnavailable(
+                raise type(failure)(
                     f"gave up after {attempt} attempt(s) in {elapsed:.1f}s on {method} {path}: "
                     f"{failure}",
                     status_code=failure.status_code,
@@ -180,6 +322,117 @@ class ApiClient:
             )
             self._sleep(delay)
 
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: Validator | None,
+        deadline: float,
+        **kwargs: Any,
+    ) -> Any:
+        """One call: the decoded answer, or a :class:`_Fault`. Catches everything, so that the
+        caller raises outside any ``except`` block and no error chains to a ``requests`` one."""
+        response: requests.Response | None = None
+        try:
+            response = self.session.request(
+                method,
+                f"{self.base_url}{path}",
+                auth=self._auth,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
+            scrub_response(response)
+            body = self._read_body(response, deadline)
+        except AnswerTooLarge as error:
+            return _Fault(self._redacted(error, method, path), retry=False, ambiguous=True)
+        except UNSENT_EXCEPTIONS as error:
+            self._scrub_error(error)
+            message = f"{method} {path} could not be sent ({type(error).__name__}: {error})"
+            return _Fault(ProviderUnavailable(self._redact(message)), retry=False, ambiguous=False)
+        except TRANSIENT_EXCEPTIONS as error:
+            self._scrub_error(error)
+            message = self._redact(f"{type(error).__name__}: {error}")
+            return _Fault(ProviderUnavailable(message), retry=True, ambiguous=True)
+        except Exception as error:  # mapped to the one error type the lifecycle expects
+            self._scrub_error(error)
+            message = self._redact(f"{method} {path}: {type(error).__name__}: {error}")
+            return _Fault(ProviderUnavailable(message), retry=False, ambiguous=True)
+        finally:
+            if response is not None:
+                response.close()
+        status = response.status_code
+        if status >= 400:
+            response._content = bytes(body)
+            failure = self.classify_error(response)
+            retry = failure.retryable
+            return _Fault(failure, retry=retry, ambiguous=retry, response=response)
+        return self._decode(response, body, expect)
+
+    def _read_body(self, response: requests.Response, deadline: float) -> bytearray:
+        """The answer's bytes, refused past ``max_bytes`` or past the call's time budget."""
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise AnswerTooLarge(
+                f"the answer is {int(declared)} bytes, over MAX_RESPONSE_BYTES ({self.max_bytes})",
+                status_code=response.status_code,
+            )
+        body = bytearray()
+        for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise AnswerTooLarge(
+                    f"the answer exceeds MAX_RESPONSE_BYTES ({self.max_bytes})",
+                    status_code=response.status_code,
+                )
+            if time.monotonic() > deadline:
+                raise requests.Timeout("the answer's body outlasted the call's time budget")
+        return body
+
+    def _decode(
+        self, response: requests.Response, body: bytearray, expect: Validator | None
+    ) -> Any:
+        """The decoded answer of a 2xx/3xx, or a fault that says in one line why it is unusable."""
+        status = response.status_code
+        problem: str | None = None
+        payload: Any = None
+        if status >= 300:
+            where = self._redact(response.headers.get("Location", "nowhere"))
+            problem = f"redirected to {where[:200]} (redirects are not followed)"
+        elif not body.strip():
+            problem = "the answer is empty"
+        else:
+            try:
+                payload = jsonlib.loads(body, parse_constant=_refuse, parse_float=_finite)
+            except RecursionError:
+                problem = f"the answer nests deeper than {MAX_JSON_DEPTH} levels"
+            except ValueError:
+                kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+                problem = f"the answer is not JSON ({kind[:60]}, {len(body)} bytes)"
+            else:
+                if json_depth_exceeds(payload, MAX_JSON_DEPTH):
+                    problem = f"the answer nests deeper than {MAX_JSON_DEPTH} levels"
+                elif expect is not None:
+                    problem = expect(payload)
+        if problem is None:
+            return payload
+        error = UnreadableAnswer(f"HTTP {status}: {problem}", status_code=status)
+        return _Fault(error, retry=True, ambiguous=True, response=response)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._api_key)
+
+    def _redacted(self, error: ProviderError, method: str, path: str) -> ProviderError:
+        """A fresh copy of ``error`` (so that nothing chains), naming the call."""
+        message = self._redact(f"{method} {path}: {error}")
+        return type(error)(message, status_code=error.status_code)
+
+    def _scrub_error(self, error: BaseException) -> None:
+        scrub_request(getattr(error, "request", None))
+        scrub_response(getattr(error, "response", None))
+
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (attempt - 1))
         delay = random.uniform(cap / 2, cap)  # jitter spreads many pollers apart
@@ -187,29 +440,14 @@ class ApiClient:
             delay = max(delay, retry_after)
         return delay
 
-    def _transient(self, message: str) -> ProviderUnavailable:
-        return ProviderUnavailable(redact(message, self._api_key))
-
-    def _decode(self, response: requests.Response) -> Any:
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as error:
-            raise ProviderUnavailable(
-                f"{response.request.method} {response.url}: answer is not JSON "
-                f"(HTTP {response.status_code})",
-                status_code=response.status_code,
-            ) from error
-
     def classify_error(self, response: requests.Response) -> ProviderError:
         """Map an error answer to an exception; override for a provider's error shapes."""
         try:
-            payload = response.json()
-        except ValueError:
+            payload = jsonlib.loads(response.content or b"null")
+        except (ValueError, RecursionError):
             payload = None
         message = self.error_message(payload) or response.reason or "error"
-        message = redact(f"HTTP {response.status_code}: {message}", self._api_key)
+        message = self._redact(f"HTTP {response.status_code}: {message}")
         status = response.status_code
         kwargs: dict[str, Any] = {"status_code": status, "payload": payload, "response": response}
         if status in RETRYABLE_STATUS:
@@ -220,6 +458,8 @@ class ApiClient:
             return ProviderAuthenticationError(message, **kwargs)
         if status == 404:
             return ProviderNotFound(message, **kwargs)
+        if status >= 500 and status != 501:  # 501: "not implemented", a clear refusal
+            return ProviderUnavailable(message, **kwargs)
         return ProviderRejected(message, **kwargs)
 
     def error_message(self, payload: Any) -> str:

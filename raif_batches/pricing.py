@@ -3,13 +3,22 @@
 The provider's own ``cost_in_usd_ticks`` is the truth when a result carries it; the pricing
 table is used only where it does not (another provider, an estimate before submission).
 
-``RAIF_BATCHES["PRICING"]`` maps a model name (or a prefix ending in ``*``) to USD per
-million tokens and a batch discount, merged over :data:`DEFAULT_PRICING`::
+``RAIF_BATCHES["PRICING"]`` maps a model name (or a prefix ending in ``*``; the longest
+matching prefix wins) to USD per million tokens and a batch discount, merged over
+:data:`DEFAULT_PRICING`::
 
     RAIF_BATCHES = {"PRICING": {
-        "grok-4.3": {"input": "3.00", "cached_input": "0.75", "output": "15.00",
-                     "batch_discount": "0.20"},
+        "grok-4.3": {"input": "1.25", "cached_input": "0.20", "output": "2.50",
+                     "batch_discount": "0.20", "max_reasoning_tokens": 32768},
     }}
+
+How xAI bills a line (and how the table prices it): cached tokens are part of
+``prompt_tokens`` and billed at the cached rate, the rest of the prompt at the input rate;
+reasoning tokens are not part of ``completion_tokens`` but billed at the output rate; the
+discount comes off every token type. With the provider's ``cost_in_usd_ticks`` the total is the
+provider's, and the table only splits it into prompt and output cost, in proportion to what each
+part would cost at the table's prices. ``max_reasoning_tokens`` is the most reasoning one
+request is assumed to use, for the upper bound of a ``--dry-run`` estimate.
 """
 
 from __future__ import annotations
@@ -26,22 +35,33 @@ USD_PER_TICK = Decimal("1e-10")
 COST_QUANTUM = Decimal("1e-10")
 MILLION = Decimal(1_000_000)
 
-#: List prices as published for xAI's API on 2026-07-13 (a public price mirror checked against
-#: xAI's console), cached input at 0.25x of input (xAI's prompt-caching guide), and the 20%
-#: batch discount xAI applied to these models in late 2026. Prices change: override in settings.
-PRICING_TAKEN_ON = "2026-07-13"
-DEFAULT_PRICING: dict[str, dict[str, str]] = {
+#: Prices that reproduce the provider's own figures: the published capture of a grok-4.3 batch
+#: line (198 prompt tokens of which 192 cached, 1 completion and 118 reasoning tokens, billed
+#: 2,747,200 ticks) solves exactly with $1.25 input, $0.20 cached input and $2.50 output per
+#: million tokens less the 20% batch discount xAI applied to these models in late 2026. The
+#: grok-4.20-0309 family is billed alike. Prices change: override them in settings.
+PRICING_TAKEN_ON = "2026-11-27"
+#: Reasoning tokens one request is assumed to use at most, for the dry-run's upper bound.
+ASSUMED_MAX_REASONING_TOKENS = 32_768
+DEFAULT_PRICING: dict[str, dict[str, Any]] = {
     "grok-4.3": {
         "input": "1.25",
-        "cached_input": "0.3125",
+        "cached_input": "0.20",
         "output": "2.50",
         "batch_discount": "0.20",
     },
     "grok-4.20-0309-*": {
         "input": "1.25",
-        "cached_input": "0.3125",
+        "cached_input": "0.20",
         "output": "2.50",
         "batch_discount": "0.20",
+    },
+    "grok-4.20-0309-non-reasoning*": {
+        "input": "1.25",
+        "cached_input": "0.20",
+        "output": "2.50",
+        "batch_discount": "0.20",
+        "max_reasoning_tokens": 0,
     },
 }
 PRICE_KEYS = ("input", "cached_input", "output", "batch_discount")
@@ -53,6 +73,7 @@ class ModelPrice:
     cached_input: Decimal
     output: Decimal
     batch_discount: Decimal
+    max_reasoning_tokens: int = ASSUMED_MAX_REASONING_TOKENS
 
     @classmethod
     def parse(cls, model: str, raw: Any) -> ModelPrice:
@@ -72,16 +93,23 @@ class ModelPrice:
                 raise BatchConfigurationError(
                     f"RAIF_BATCHES['PRICING'][{model!r}][{key!r}] is not a number: {value!r}."
                 ) from error
-            if values[key] < 0:
+            if not values[key].is_finite() or values[key] < 0:
                 raise BatchConfigurationError(
-                    f"RAIF_BATCHES['PRICING'][{model!r}][{key!r}] must not be negative."
+                    f"RAIF_BATCHES['PRICING'][{model!r}][{key!r}] must be a non-negative "
+                    f"number, not {value!r}."
                 )
         if values["batch_discount"] >= 1:
             raise BatchConfigurationError(
                 f"RAIF_BATCHES['PRICING'][{model!r}]['batch_discount'] is a fraction below 1 "
                 "(0.20 for 20%)."
             )
-        return cls(**values)
+        reasoning = raw.get("max_reasoning_tokens", ASSUMED_MAX_REASONING_TOKENS)
+        if isinstance(reasoning, bool) or not isinstance(reasoning, int) or reasoning < 0:
+            raise BatchConfigurationError(
+                f"RAIF_BATCHES['PRICING'][{model!r}]['max_reasoning_tokens'] must be a "
+                f"non-negative integer, not {reasoning!r}."
+            )
+        return cls(**values, max_reasoning_tokens=reasoning)
 
 
 def pricing_table() -> dict[str, ModelPrice]:
@@ -93,13 +121,12 @@ def pricing_table() -> dict[str, ModelPrice]:
 
 
 def price_for(model: str) -> ModelPrice | None:
+    """The exact name's price, else the longest matching ``prefix*``'s, else None."""
     table = pricing_table()
     if model in table:
         return table[model]
-    for pattern, price in table.items():
-        if pattern.endswith("*") and model.startswith(pattern[:-1]):
-            return price
-    return None
+    prefixes = [p for p in table if p.endswith("*") and model.startswith(p[:-1])]
+    return table[max(prefixes, key=len)] if prefixes else None
 
 
 def quantize(value: Decimal) -> Decimal:
@@ -127,26 +154,30 @@ def completion_cost(
 ) -> Cost:
     """The cost of one completion.
 
-    ``output_tokens`` includes reasoning tokens, which are billed at the completion rate. With
-    provider ticks the total is exact and the prompt/output split follows the price table's
-    proportions (or is unknown when the model has no price: ``price`` is ``price_for(model)``).
+    ``output_tokens`` includes reasoning tokens, which are billed at the completion rate; cached
+    tokens are part of ``prompt_tokens``. With provider ticks the total is the provider's, and
+    it is split between prompt and output in proportion to what each part costs at the table's
+    prices (the parts always add up to the total); the split is unknown when the model has no
+    price (``price`` is ``price_for(model)``) or the table prices both parts at zero.
     """
-    estimate: tuple[Decimal, Decimal] | None = None
+    parts: tuple[Decimal, Decimal] | None = None
     if price is not None:
-        factor = 1 - price.batch_discount
-        uncached = max(prompt_tokens - cached_tokens, 0)
-        prompt = (uncached * price.input + cached_tokens * price.cached_input) / MILLION * factor
-        output = output_tokens * price.output / MILLION * factor
-        estimate = (quantize(prompt), quantize(output))
+        cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+        uncached = max(prompt_tokens, 0) - cached
+        prompt = uncached * price.input + cached * price.cached_input
+        output = max(output_tokens, 0) * price.output
+        parts = (prompt, output)  # USD per million tokens, undiscounted: only ratios matter
     if provider_ticks is not None:
         total = ticks_to_usd(provider_ticks)
-        if estimate is None or sum(estimate) == 0:
+        if parts is None or sum(parts) == 0:
             return Cost(prompt=None, output=None, total=total)
-        prompt_share = quantize(total * estimate[0] / (estimate[0] + estimate[1]))
+        prompt_share = quantize(total * parts[0] / (parts[0] + parts[1]))
         return Cost(prompt=prompt_share, output=total - prompt_share, total=total)
-    if estimate is None:
+    if price is None or parts is None:
         return Cost(prompt=None, output=None, total=None)
-    return Cost(prompt=estimate[0], output=estimate[1], total=estimate[0] + estimate[1])
+    factor = (1 - price.batch_discount) / MILLION
+    prompt_cost, output_cost = quantize(parts[0] * factor), quantize(parts[1] * factor)
+    return Cost(prompt=prompt_cost, output=output_cost, total=prompt_cost + output_cost)
 
 
 #: Output tokens assumed for a request that sets no ``max_tokens``, for the upper estimate.
@@ -170,7 +201,8 @@ class CostEstimate:
 def estimate_batch_cost(batch: Any) -> CostEstimate:
     """A cost range before submission: prompt tokens guessed from text length (4 chars a token);
     low assumes every prompt token cached and no output, high no cache and every request using
-    its ``max_tokens`` (or 4096)."""
+    its ``max_tokens`` (or 4096) of output plus the model's ``max_reasoning_tokens`` of
+    reasoning, which xAI bills at the output rate on top of the completion tokens."""
     price = price_for(batch.model)
     requests = 0
     prompt_tokens = 0
@@ -183,6 +215,7 @@ def estimate_batch_cost(batch: Any) -> CostEstimate:
         output_cap += max_tokens or ASSUMED_MAX_OUTPUT_TOKENS
     if price is None:
         return CostEstimate(requests, prompt_tokens, None, None)
+    output_cap += requests * price.max_reasoning_tokens
     factor = 1 - price.batch_discount
     low = prompt_tokens * price.cached_input / MILLION * factor
     high = (prompt_tokens * price.input + output_cap * price.output) / MILLION * factor

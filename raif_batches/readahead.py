@@ -5,6 +5,10 @@ page writes, each waiting for the database. Reading page *n + 1* in one helper t
 calling thread writes page *n* overlaps the two waits. The helper thread does HTTP and parsing
 only, never database work; pages still arrive, and are applied, one at a time and in order, and
 no transaction waits on the network: the caller waits for a page only between two writes.
+
+Memory: never more than one page is read ahead. The helper starts reading page *n + 1* only when
+the caller takes page *n*, so at most two pages are alive (the one being stored and the one
+being read), each bounded in bytes by ``MAX_RESPONSE_BYTES``.
 """
 
 from __future__ import annotations

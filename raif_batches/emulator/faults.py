@@ -71,6 +71,7 @@ class Fault:
     body: dict[str, Any] | None = None
     raw_body: bytes = b""
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers of a raw answer
     fired: int = field(default=0, compare=False)
 
     def __post_init__(self) -> None:

@@ -155,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, fault.response_body(), fault.retry_after)
             return
         if fault is not None and fault.kind == "raw":
-            self._send_raw(fault.status, fault.raw_body, fault.content_type)
+            self._send_raw(fault.status, fault.raw_body, fault.content_type, fault.headers)
             return
         bend = fault.kind if fault is not None else None
         try:
@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._truncate(status, payload)
             return
         if fault is not None and fault.kind == "accept_then_raw":
-            self._send_raw(fault.status, fault.raw_body, fault.content_type)
+            self._send_raw(fault.status, fault.raw_body, fault.content_type, fault.headers)
             return
         self._send(status, payload)
 
@@ -232,7 +232,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
+    def _send_raw(
+        self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         """Answer with exactly these bytes: what a provider's proxy or a broken server sends."""
         if self.call is not None:
             self.call.status = status
@@ -240,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 

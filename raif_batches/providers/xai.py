@@ -4,6 +4,12 @@ Everything here follows the provider's observed behaviour (``shared/xai-batch-ap
 is no status field, ids are ``batch_id``, times may be date-only, ``state`` may be absent, the
 last page's token is ``null`` or ``""``, a failed line's error comes in three shapes, and
 reasoning tokens are not part of ``completion_tokens``.
+
+Nothing the provider sends may crash a parser here: every answer's shape is checked by the HTTP
+client (``expect``), so a wrongly shaped one is a retried provider fault; inside a valid shape, a
+field of the wrong type reads as absent, a time that cannot be represented as unknown, and a
+result line in an unknown envelope fails with a reason. A create answered without a
+``batch_id`` is ambiguous (it may exist), never a snapshot with an empty id.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ from typing import IO, Any
 
 import requests
 
-from ..conf import api_key, get_setting
-from ..exceptions import InvalidBatchRequest, ProviderUnavailable
-from ..http import ApiClient, build_session
+from ..conf import api_key, get_setting, listing_bounds
+from ..exceptions import AnswerTooLarge, InvalidBatchRequest, ProviderUnavailable
+from ..http import ApiClient, Validator, build_session, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import BatchListing, BatchSnapshot, BatchStrategy, ParsedCompletion, ResultEntry
@@ -50,78 +56,156 @@ def parse_time(value: Any, *, end_of_day: bool = False) -> datetime | None:
     """Accept RFC 3339 (``2026-08-25T12:30:00Z``) and date-only (``2026-08-28``) times.
 
     A date-only expiry is a whole day: it is taken as the end of that day, so nothing is
-    treated as expired while the provider may still be working on it.
+    treated as expired while the provider may still be working on it. Never raises: a time that
+    cannot be read or represented (``1e300``, ``9999-12-31`` plus a day, a list) is unknown.
     """
-    if value in (None, ""):
+    if value is None or value == "" or isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
-    text = str(value).strip()
     try:
+        if isinstance(value, int | float):
+            return datetime.fromtimestamp(value, tz=UTC)
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError("not a time string")
+        text = value.strip()
         if len(text) == 10:
             day = date.fromisoformat(text)
             moment = datetime.combine(day, time.min, tzinfo=UTC)
             return moment + timedelta(days=1) if end_of_day else moment
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        logger.warning("Unreadable time from xAI: %r", value)
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, TypeError, OverflowError, OSError):
+        logger.warning("Unreadable time from xAI: %.80r", value)
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _count(value: Any) -> int:
+    """A counter or token count from the wire: a non-negative int, else 0."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        number = int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return max(number, 0)
 
 
 def normalise_counts(state: Any) -> dict[str, int] | None:
     if not isinstance(state, dict):
         return None  # "not always populated": the caller keeps the last known counts
-
-    def number(key: str) -> int:
-        try:
-            return int(state.get(key) or 0)
-        except (TypeError, ValueError):
-            return 0
-
     return {
-        "total": number("num_requests"),
-        "pending": number("num_pending"),
-        "succeeded": number("num_success"),
-        "failed": number("num_error"),
-        "cancelled": number("num_cancelled"),
+        "total": _count(state.get("num_requests")),
+        "pending": _count(state.get("num_pending")),
+        "succeeded": _count(state.get("num_success")),
+        "failed": _count(state.get("num_error")),
+        "cancelled": _count(state.get("num_cancelled")),
     }
 
 
-def parse_batch(payload: dict[str, Any]) -> BatchSnapshot:
+def _text(value: Any) -> str:
+    """A string field from the wire: strings and numbers as text, anything else empty."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return ""
+
+
+def _message(value: Any) -> str | None:
+    """A message that may come as a string or an object (``{"code", "message"}``)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, dict):
+        inner = value.get("message") or value.get("error")
+        if isinstance(inner, str) and inner:
+            return inner
+        return json.dumps(value, default=str)[:1000] if value else None
+    if value in (None, False, [], 0):
+        return None
+    return json.dumps(value, default=str)[:1000]
+
+
+def parse_batch(payload: Any) -> BatchSnapshot:
+    """A snapshot of a batch object; never raises, whatever the fields hold."""
+    if not isinstance(payload, dict):
+        payload = {}
     return BatchSnapshot(
-        provider_batch_id=str(payload.get("batch_id") or payload.get("id") or ""),
-        name=str(payload.get("name") or ""),
+        provider_batch_id=_text(payload.get("batch_id") or payload.get("id")),
+        name=_text(payload.get("name")),
         counts=normalise_counts(payload.get("state")),
-        rejection=payload.get("cancel_by_xai_message") or None,
+        rejection=_message(payload.get("cancel_by_xai_message")),
         cancelled_at=parse_time(payload.get("cancel_time")),
         expires_at=parse_time(
             payload.get("expire_time") or payload.get("expires_at"), end_of_day=True
         ),
-        input_file_id=str(payload.get("input_file_id") or ""),
+        input_file_id=_text(payload.get("input_file_id")),
         raw=payload,
     )
 
 
 def _int_or_none(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
     try:
-        return None if value is None else int(value)
-    except (TypeError, ValueError):
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's text: a string, or the text parts of a list of content parts."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def final_choice(choices: Any) -> dict[str, Any]:
+    """The choice that holds the answer: the last assistant message with text.
+
+    Answers from server-side tools (web search…) carry the intermediate turns as several
+    choices, the tool calls first and the answer last; a plain answer has one choice. With no
+    text anywhere (a tool call), the last choice.
+    """
+    listed = [c for c in choices if isinstance(c, dict)] if isinstance(choices, list) else []
+    for choice in reversed(listed):
+        message = _dict(choice.get("message"))
+        if message.get("role", "assistant") == "assistant" and message_text(message):
+            return choice
+    return listed[-1] if listed else {}
+
+
 def parse_chat_completion(payload: dict[str, Any]) -> ParsedCompletion:
-    """Parse a chat completion; the same parser serves synchronous and batch answers."""
-    choices = payload.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    message = choice.get("message") or {}
-    usage = payload.get("usage") or {}
-    prompt_details = usage.get("prompt_tokens_details") or {}
-    completion_details = usage.get("completion_tokens_details") or {}
+    """Parse a chat completion; the same parser serves synchronous and batch answers.
+
+    Never raises: a field of the wrong type reads as absent. The whole payload (tool turns and
+    ``citations`` included) is kept as it came.
+    """
+    choices = payload.get("choices")
+    choice = final_choice(choices)
+    message = _dict(choice.get("message"))
+    finish_reason = _text(choice.get("finish_reason"))
+    if not finish_reason and isinstance(choices, list):
+        # Tool answers end with ``""`` on the answer turn; the last reason given is the best.
+        reasons = [_text(c.get("finish_reason")) for c in choices if isinstance(c, dict)]
+        finish_reason = next((r for r in reversed(reasons) if r), "")
+    usage = _dict(payload.get("usage"))
+    prompt_details = _dict(usage.get("prompt_tokens_details"))
+    completion_details = _dict(usage.get("completion_tokens_details"))
+    tool_calls = message.get("tool_calls")
     return ParsedCompletion(
-        text=message.get("content") or "",
-        tool_calls=message.get("tool_calls") or None,
-        finish_reason=str(choice.get("finish_reason") or ""),
+        text=message_text(message),
+        tool_calls=tool_calls if isinstance(tool_calls, list) and tool_calls else None,
+        finish_reason=finish_reason,
         prompt_tokens=_int_or_none(usage.get("prompt_tokens")),
         completion_tokens=_int_or_none(usage.get("completion_tokens")),
         total_tokens=_int_or_none(usage.get("total_tokens")),
@@ -133,16 +217,51 @@ def parse_chat_completion(payload: dict[str, Any]) -> ParsedCompletion:
 
 
 def error_text(entry: dict[str, Any]) -> str | None:
-    """A failed line's message, from any of the three shapes seen in the wild."""
-    result = entry.get("batch_result") or {}
-    error = result.get("error") if isinstance(result, dict) else None
-    if isinstance(error, str) and error:
-        return error
-    if isinstance(error, dict):
-        return str(error.get("message") or json.dumps(error))
-    if entry.get("error_message"):
-        return str(entry["error_message"])
+    """A failed line's message, from any shape seen in the wild: ``batch_result.error`` or a
+    top-level ``error`` (a string or ``{"code", "message"}``), or ``error_message``."""
+    result = entry.get("batch_result")
+    for value in (
+        result.get("error") if isinstance(result, dict) else None,
+        entry.get("error"),
+        entry.get("error_message"),
+    ):
+        text = _message(value)
+        if text:
+            return text
     return None
+
+
+def listing_page(key: str) -> Validator:
+    """A validator for a listing page: an object whose ``key`` is a list (or absent, an empty
+    page) and whose ``pagination_token`` is a string or absent."""
+
+    def check(payload: Any) -> str | None:
+        if not isinstance(payload, dict):
+            return f"expected a JSON object, got {describe(payload)}"
+        if not isinstance(payload.get(key) or [], list):
+            return f"{key!r} is not a list"
+        if not isinstance(payload.get("pagination_token") or "", str):
+            return "'pagination_token' is not a string"
+        return None
+
+    return check
+
+
+def find_response(entry: dict[str, Any]) -> tuple[bool, Any]:
+    """(found, response) of a result line: ``batch_result.response`` or a top-level
+    ``response``, unwrapped from ``chat_get_completion`` (or an OpenAI-style ``body``)."""
+    result = entry.get("batch_result")
+    if isinstance(result, dict) and "response" in result and result["response"] is not None:
+        response = result["response"]
+    elif entry.get("response") is not None:
+        response = entry["response"]
+    else:
+        return False, None
+    if isinstance(response, dict):
+        for key in ("chat_get_completion", "body"):
+            if key in response:
+                return True, response[key]
+    return True, response
 
 
 class XAIStrategy(BatchStrategy):
@@ -151,6 +270,8 @@ class XAIStrategy(BatchStrategy):
     def __init__(self, client: XAIClient | None = None):
         super().__init__()
         self._client = client
+        #: Listing entries skipped, by reason (beyond the asked limit, not an object, no id).
+        self.ignored_entries: Counter[str] = Counter()
 
     @property
     def client(self) -> XAIClient:
@@ -189,11 +310,9 @@ class XAIStrategy(BatchStrategy):
                 idempotent=True,  # a second upload only costs an unused file
                 data=body,
                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+                expect=json_object("id"),
             )
-        file_id = (answer or {}).get("id")
-        if not file_id:
-            raise ProviderUnavailable(f"file upload answered without an id: {answer!r}")
-        return str(file_id)
+        return str(answer["id"])
 
     def _write_multipart(
         self, out: IO[bytes], boundary: str, batch: ModelCompletionBatch, lines: Iterable[bytes]
@@ -229,6 +348,8 @@ class XAIStrategy(BatchStrategy):
             "/batches",
             idempotent=False,
             json={"name": batch.provider_batch_name, "input_file_id": batch.input_file_id},
+            # Without a batch id the batch may still exist: ambiguous, reconciled by name.
+            expect=json_object("batch_id"),
         )
         return parse_batch(answer)
 
@@ -280,13 +401,20 @@ class XAIStrategy(BatchStrategy):
 
     def get_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
         return parse_batch(
-            self.client.request("GET", f"/batches/{provider_batch_id}", idempotent=True)
+            self.client.request(
+                "GET", f"/batches/{provider_batch_id}", idempotent=True, expect=json_object()
+            )
         )
 
     def cancel_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
         # Cancelling twice is harmless, so the call may be retried.
         return parse_batch(
-            self.client.request("POST", f"/batches/{provider_batch_id}:cancel", idempotent=True)
+            self.client.request(
+                "POST",
+                f"/batches/{provider_batch_id}:cancel",
+                idempotent=True,
+                expect=json_object(),
+            )
         )
 
     # -- results ------------------------------------------------------------------------------
@@ -302,21 +430,32 @@ class XAIStrategy(BatchStrategy):
             entries: list[ResultEntry] = []
             for item in page:
                 custom_id = item.get("batch_request_id") or item.get("custom_id")
-                if not custom_id:
+                if isinstance(custom_id, bool) or not isinstance(custom_id, str | int):
+                    self.ignored_entries["without an id"] += 1
                     logger.warning("xAI result without an id skipped: %.200r", item)
                     continue
                 entries.append(self.parse_entry(str(custom_id), item))
             yield entries
 
     def parse_entry(self, custom_id: str, item: dict[str, Any]) -> ResultEntry:
-        result = item.get("batch_result") or {}
-        response = result.get("response") if isinstance(result, dict) else None
-        completion = (response or {}).get("chat_get_completion")
-        if isinstance(completion, dict):
-            return ResultEntry(custom_id=custom_id, completion=self.parse_completion(completion))
+        """One result line, in any envelope (see :func:`find_response`, :func:`error_text`).
+
+        A response that is not a completion object fails the line with a reason that says so.
+        """
+        found, response = find_response(item)
+        if isinstance(response, dict) and "choices" in response:
+            return ResultEntry(custom_id=custom_id, completion=self.parse_completion(response))
+        error = error_text(item)
+        if error is None and isinstance(response, dict):
+            error = "The provider's response for this request carries no completion (no choices)."
+        elif error is None and found:
+            error = (
+                "The provider's response for this request is not an object "
+                f"({type(response).__name__}: {str(response)[:100]!r})."
+            )
         return ResultEntry(
             custom_id=custom_id,
-            error=error_text(item) or "The provider returned neither a result nor an error.",
+            error=error or "The provider returned neither a result nor an error.",
         )
 
     def parse_completion(self, payload: dict[str, Any]) -> ParsedCompletion:
@@ -325,16 +464,39 @@ class XAIStrategy(BatchStrategy):
     # -- pagination ---------------------------------------------------------------------------
 
     def _pages(self, path: str, key: str) -> Iterator[list[dict[str, Any]]]:
-        """Yield each page's items until the token is ``null`` or ``""`` (both observed)."""
+        """Yield each page's items until the token is ``null`` or ``""`` (both observed).
+
+        Bounded whatever the provider sends: a page over ``MAX_RESPONSE_BYTES`` is asked again
+        with half the page size (and later pages keep it); entries beyond the ``limit`` asked
+        are ignored (a page served again brings them back, or they were bogus); items that are
+        not objects are skipped; and a listing longer than ``LISTING_MAX_PAGES`` pages or
+        ``LISTING_MAX_SECONDS`` is a provider fault, as is a token that keeps coming back.
+        """
         limit = max(1, min(int(get_setting("RESULTS_PAGE_SIZE")), MAX_PAGE_SIZE))
+        max_pages, max_seconds = listing_bounds()
+        started = monotonic()
         token: str | None = None
         seen_tokens: Counter[str] = Counter()
+        pages = 0
         while True:
             params: dict[str, Any] = {"limit": limit}
             if token:
                 params["pagination_token"] = token
-            answer = self.client.request("GET", path, idempotent=True, params=params) or {}
-            yield list(answer.get(key) or [])
+            try:
+                answer = self.client.request(
+                    "GET", path, idempotent=True, params=params, expect=listing_page(key)
+                )
+            except AnswerTooLarge as error:
+                if limit == 1:
+                    raise ProviderUnavailable(
+                        f"GET {path}: one entry alone is over MAX_RESPONSE_BYTES ({error})",
+                        status_code=error.status_code,
+                    ) from None
+                limit //= 2
+                logger.warning("GET %s: page too large (%s); asking %d a page", path, error, limit)
+                continue
+            pages += 1
+            yield self._page_items(path, answer.get(key) or [], limit)
             token = answer.get("pagination_token") or None
             if token is None:
                 return
@@ -343,6 +505,30 @@ class XAIStrategy(BatchStrategy):
             seen_tokens[token] += 1
             if seen_tokens[token] > MAX_TOKEN_REPEATS:
                 raise ProviderUnavailable(f"GET {path}: pagination token repeated; stopping.")
+            elapsed = monotonic() - started
+            if pages >= max_pages or elapsed > max_seconds:
+                raise ProviderUnavailable(
+                    f"GET {path}: the listing did not end after {pages} page(s) in "
+                    f"{elapsed:.0f}s (LISTING_MAX_PAGES={max_pages}, "
+                    f"LISTING_MAX_SECONDS={max_seconds:g}); stopping."
+                )
+
+    def _page_items(self, path: str, items: list[Any], limit: int) -> list[dict[str, Any]]:
+        if len(items) > limit:
+            self.ignored_entries["beyond the limit"] += len(items) - limit
+            logger.warning(
+                "GET %s: %d entries for a limit of %d; the %d beyond it are ignored",
+                path,
+                len(items),
+                limit,
+                len(items) - limit,
+            )
+            items = items[:limit]
+        objects = [item for item in items if isinstance(item, dict)]
+        if len(objects) < len(items):
+            self.ignored_entries["not an object"] += len(items) - len(objects)
+            logger.warning("GET %s: %d entries are not objects; skipped", path, len(items))
+        return objects
 
     def _paginate(self, path: str, key: str) -> Iterator[dict[str, Any]]:
         for page in self._pages(path, key):
