@@ -268,11 +268,15 @@ class ApiClient:
         files: Any = None,
         headers: Mapping[str, str] | None = None,
         expect: Validator | None = None,
+        lenient_numbers: bool = False,
     ) -> Any:
         """Send one call and return its decoded JSON, retrying only when that is safe.
 
         ``expect`` checks the answer's shape; a wrongly shaped answer is a provider fault like an
         unreadable one. Every error raised is a :class:`ProviderError` with no exception chained.
+        ``NaN``/``Infinity`` make an answer unreadable, except with ``lenient_numbers``: a page of
+        results stays readable, and the one line carrying such a number fails alone when it is
+        stored (a whole page refused for one line would block the harvest for good).
         """
         started = time.monotonic()
         attempt = 0
@@ -289,6 +293,7 @@ class ApiClient:
                 files=files,
                 headers=headers,
                 expect=expect,
+                lenient_numbers=lenient_numbers,
                 deadline=started + self.retry.max_total_seconds,
             )
             if not isinstance(outcome, _Fault):
@@ -329,6 +334,7 @@ class ApiClient:
         *,
         expect: Validator | None,
         deadline: float,
+        lenient_numbers: bool = False,
         **kwargs: Any,
     ) -> Any:
         """One call: the decoded answer, or a :class:`_Fault`. Catches everything, so that the
@@ -369,7 +375,7 @@ class ApiClient:
             failure = self.classify_error(response)
             retry = failure.retryable
             return _Fault(failure, retry=retry, ambiguous=retry, response=response)
-        return self._decode(response, body, expect)
+        return self._decode(response, body, expect, lenient_numbers)
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytearray:
         """The answer's bytes, refused past ``max_bytes`` or past the call's time budget."""
@@ -392,7 +398,11 @@ class ApiClient:
         return body
 
     def _decode(
-        self, response: requests.Response, body: bytearray, expect: Validator | None
+        self,
+        response: requests.Response,
+        body: bytearray,
+        expect: Validator | None,
+        lenient_numbers: bool = False,
     ) -> Any:
         """The decoded answer of a 2xx/3xx, or a fault that says in one line why it is unusable."""
         status = response.status_code
@@ -405,7 +415,10 @@ class ApiClient:
             problem = "the answer is empty"
         else:
             try:
-                payload = jsonlib.loads(body, parse_constant=_refuse, parse_float=_finite)
+                if lenient_numbers:
+                    payload = jsonlib.loads(body)
+                else:
+                    payload = jsonlib.loads(body, parse_constant=_refuse, parse_float=_finite)
             except RecursionError:
                 problem = f"the answer nests deeper than {MAX_JSON_DEPTH} levels"
             except ValueError:

@@ -484,7 +484,12 @@ class XAIStrategy(BatchStrategy):
                 params["pagination_token"] = token
             try:
                 answer = self.client.request(
-                    "GET", path, idempotent=True, params=params, expect=listing_page(key)
+                    "GET",
+                    path,
+                    idempotent=True,
+                    params=params,
+                    expect=listing_page(key),
+                    lenient_numbers=key == "results",
                 )
             except AnswerTooLarge as error:
                 if limit == 1:
