@@ -51,7 +51,7 @@ def emulator(xai_emulator: Any, settings: Any) -> Any:
 
 @pytest.fixture
 def hostile_emulator(settings: Any) -> Iterator[Any]:
-    """The emulator's realistic default profile (xAI's pacing and quirks), settings pointed at it."""
+    """The realistic default profile (xAI's pacing and quirks), settings pointed at it."""
     from raif_batches.emulator import run_emulator
     from raif_batches.emulator.pytest_plugin import FIXTURE_KEY
 

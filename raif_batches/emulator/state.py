@@ -153,6 +153,19 @@ class EmulatorConfig:
     page_overflow: int = 0  # every list page carries this many entries beyond the asked limit
     endless_pagination: tuple[str, ...] = ()  # list endpoints whose token changes and never ends
 
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("error_shape", ERROR_SHAPES),
+            ("success_shape", SUCCESS_SHAPES),
+            ("results_lag_shape", RESULT_LAG_SHAPES),
+            ("rejected_counts", ("zero", "cancelled")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
+        if unknown:
+            raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
+
     @classmethod
     def fast(cls, **overrides: Any) -> EmulatorConfig:
         """Instant validation, every line done at the first read, no quirks: for speed only."""
