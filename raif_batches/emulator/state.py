@@ -260,7 +260,7 @@ class Batch:
     revert_at: float = 0.0
     reads: int = 0  # GETs of this batch, for omit_state_every
     results_calls: int = 0  # first-page result reads, for results_lag_reads
-    reject_open: bool = False  # rejected with lines pending; the next observation cancels them
+    reject_open: bool = False  # rejected with lines pending; the next GET cancels them
 
 
 def encode_token(after: str, serial: int | None = None) -> str:
@@ -643,8 +643,8 @@ class EmulatorState:
             if batch.zero_reads_left > 0:
                 return
             self._validate(batch, now)
-        if batch.reject_open:
-            # The rejection came with lines pending; they are cancelled at the next look.
+        if batch.reject_open and read:
+            # The rejection came with lines pending; they are cancelled at the next GET.
             batch.reject_open = False
             self._cancel_pending(batch, now)
         self._progress(batch, min(now, batch.expire_time), read)
