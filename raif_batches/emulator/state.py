@@ -5,9 +5,9 @@ expiry, the revert after a cancel) only when a call observes it, computed from t
 and the number of reads, so tests are deterministic and can jump in time with :meth:`advance`.
 
 Progress rule. After validation a batch finishes its pending lines in file order, paced by three
-knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines and
-``share_per_read`` of the batch's lines (at least one), and every ``seconds_per_request`` of
-emulator time adds one line. A knob that is off (``None`` / 0) adds nothing; with all three off
+knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines or,
+when that is ``None``, ``share_per_read`` of the batch's lines (at least one), and every
+``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0) adds nothing; with all three off
 every line finishes at the first observation after validation.
 
 Profiles. The default :class:`EmulatorConfig` plays xAI as observed (``xai-batch-api.md``): a
@@ -675,9 +675,9 @@ class EmulatorState:
         else:
             if cfg.seconds_per_request > 0 and now > batch.last_progress:
                 batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read:
-                batch.credit += cfg.requests_per_read
-            if read and cfg.share_per_read > 0:
+            if read and cfg.requests_per_read is not None:
+                batch.credit += cfg.requests_per_read  # set, it alone paces reads (0: none)
+            elif read and cfg.share_per_read > 0:
                 batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
             budget = min(pending, int(batch.credit + 1e-9))
             batch.credit = 0.0 if budget == pending else batch.credit - budget
