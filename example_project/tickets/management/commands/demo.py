@@ -267,7 +267,12 @@ class Command(BaseCommand):
         batch.refresh_from_db()
         done = batch.completions.filter(status="completed").count()
         failed = batch.completions.filter(status="failed").count()
-        ticket_ids = batch.completions.exclude(source_object_id="").values("source_object_id")
+        # source_object_id is text (any model's key); a subquery would compare it with an
+        # integer column, which PostgreSQL refuses, so the ids are read first.
+        sources = batch.completions.exclude(source_object_id="").values_list(
+            "source_object_id", flat=True
+        )
+        ticket_ids = [int(value) for value in sources if value.isdigit()]
         labelled = Ticket.objects.filter(pk__in=ticket_ids).exclude(label="").count()
         self.stdout.write(
             f"\nBatch {batch.pk} {batch.status}: {done} completed, {failed} failed; "
