@@ -268,3 +268,42 @@ def test_hostile_emulator_fixture_is_the_realistic_default(
     assert hostile_emulator.config == EmulatorConfig()
     assert settings.RAIF_BATCHES["XAI_BASE_URL"] == hostile_emulator.base_url
     assert settings.RAIF_BATCHES["XAI_API_KEY"] == hostile_emulator.api_key == "test-key"
+
+
+def test_the_plugin_fixture_is_realistic_for_users(tmp_path: Path) -> None:
+    """Outside our suite (whose conftest asks for "fast"), ``xai_emulator`` is the realistic
+    default, and overriding ``xai_emulator_profile`` switches it."""
+    (tmp_path / "test_user.py").write_text(
+        "import pytest\n"
+        "from raif_batches.emulator import EmulatorConfig\n"
+        "def test_default(xai_emulator):\n"
+        "    assert xai_emulator.config == EmulatorConfig()\n"
+        "    assert xai_emulator.api_key == 'test-key' and not xai_emulator.any_key\n"
+        "class TestFast:\n"
+        "    @pytest.fixture\n"
+        "    def xai_emulator_profile(self):\n"
+        "        return 'fast'\n"
+        "    def test_fast(self, xai_emulator):\n"
+        "        assert xai_emulator.config == EmulatorConfig.fast()\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:django",
+            "-p",
+            "raif_batches.emulator.pytest_plugin",
+            str(tmp_path / "test_user.py"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "2 passed" in done.stdout, done.stdout + done.stderr
