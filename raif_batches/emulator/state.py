@@ -7,8 +7,8 @@ and the number of reads, so tests are deterministic and can jump in time with :m
 Progress rule. After validation a batch finishes its pending lines in file order, paced by three
 knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines or,
 when that is ``None``, ``share_per_read`` of the batch's lines (at least one), and every
-``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0) adds nothing; with all three off
-every line finishes at the first observation after validation.
+``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0) adds
+nothing; with all three off every line finishes at the first observation after validation.
 
 Profiles. The default :class:`EmulatorConfig` plays xAI as observed (``xai-batch-api.md``): a
 validation phase, lines finishing over several reads (so a cancel really cancels), ``null`` and
