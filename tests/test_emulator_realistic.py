@@ -236,7 +236,7 @@ def test_xai_emulator_command_starts_without_a_key_and_accepts_any() -> None:
         )
         assert answer.status_code == 200 and answer.json()["batches"] == []
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=60)  # generous: the machine may be loaded
         except subprocess.TimeoutExpired:

@@ -4,12 +4,14 @@ It needs no key (it accepts any unless ``--api-key`` names one) and runs no syst
 starts in a project where ``XAI_API_KEY`` is not set yet. ``--profile`` picks the behaviour
 (``realistic``: xAI as observed, the default; ``fast``: no pacing, no quirks); ``--set
 FIELD=VALUE`` changes any other ``EmulatorConfig`` field (VALUE read as JSON when it parses).
+Ctrl-C or SIGTERM stops it with exit status 0.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -102,6 +104,8 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
+        # SIGTERM (a container or service manager stopping it) stops it like Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             server.serve_forever(ready)
         except KeyboardInterrupt:
@@ -110,6 +114,10 @@ class Command(BaseCommand):
             raise CommandError(
                 f"cannot serve on {options['host']}:{options['port']}: {exc}"
             ) from None
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def parse_settings(items: list[str]) -> dict[str, Any]:
