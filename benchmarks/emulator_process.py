@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--in-flight", type=int, default=0)
     args = parser.parse_args()
-    config = EmulatorConfig(latency=args.latency, max_page_size=1000)
+    config = EmulatorConfig.fast(latency=args.latency, max_page_size=1000)
     if args.in_flight:
         config.requests_per_read = 0  # a read adds no progress: lines stay pending
     with run_emulator(api_key=API_KEY, config=config) as emulator:

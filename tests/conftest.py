@@ -1,7 +1,12 @@
-"""Shared fixtures: the bundled emulator over real HTTP, and fast retry settings."""
+"""Shared fixtures: the bundled emulator over real HTTP, and fast retry settings.
+
+``emulator`` / ``xai_emulator`` use the emulator's ``fast`` profile (no pacing, no quirks), as
+most tests only want an answer; ``hostile_emulator`` is the realistic default, xAI as observed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +34,11 @@ def _fast_raif_settings(settings: Any) -> None:
 
 
 @pytest.fixture
+def xai_emulator_profile() -> str:
+    return "fast"
+
+
+@pytest.fixture
 def emulator(xai_emulator: Any, settings: Any) -> Any:
     """The emulator with the fast settings kept beside its URL and key."""
     settings.RAIF_BATCHES = {
@@ -37,6 +47,21 @@ def emulator(xai_emulator: Any, settings: Any) -> Any:
         "XAI_API_KEY": xai_emulator.api_key,
     }
     return xai_emulator
+
+
+@pytest.fixture
+def hostile_emulator(settings: Any) -> Iterator[Any]:
+    """The realistic default profile (xAI's pacing and quirks), settings pointed at it."""
+    from raif_batches.emulator import run_emulator
+    from raif_batches.emulator.pytest_plugin import FIXTURE_KEY
+
+    with run_emulator(api_key=FIXTURE_KEY, profile="realistic") as emu:
+        settings.RAIF_BATCHES = {
+            **FAST_SETTINGS,
+            "XAI_BASE_URL": emu.base_url,
+            "XAI_API_KEY": emu.api_key,
+        }
+        yield emu
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:

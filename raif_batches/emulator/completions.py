@@ -6,7 +6,13 @@ last user message let a test ask for the awkward cases a real model produces now
 
 - ``[[emulator:error <text>]]``: the line fails with ``<text>`` (as xAI's per-line errors do);
 - ``[[emulator:invalid-json]]``: answer plain text even when JSON output was requested;
-- ``[[emulator:tool-call]]``: answer with ``tool_calls`` when the request offers ``tools``.
+- ``[[emulator:tool-call]]``: answer with ``tool_calls`` when the request offers ``tools``;
+- ``[[emulator:quirk <name>]]``: one of :data:`LINE_QUIRKS`, the malformed answers a client must
+  survive (also set per custom id with ``EmulatorConfig.line_quirks``).
+
+A request offering a server-side tool (``{"type": "web_search"}``, ``x_search``, …) is answered
+the way xAI answers it: several assistant turns (the tool calls, then the answer), the
+intermediate ones with ``finish_reason: ""``, and a top-level ``citations`` list of URLs.
 """
 
 from __future__ import annotations
@@ -22,6 +28,25 @@ from typing import Any
 ERROR_MARKER = re.compile(r"\[\[emulator:error\s+(.*?)\]\]", re.DOTALL)
 INVALID_JSON_MARKER = "[[emulator:invalid-json]]"
 TOOL_CALL_MARKER = "[[emulator:tool-call]]"
+QUIRK_MARKER = re.compile(r"\[\[emulator:quirk\s+([a-z_]+)\]\]")
+#: Malformed answers: a NUL or a lone surrogate in the text and finish_reason, token counts
+#: below zero or beyond 64 bits, a cost of 10^21 ticks, a ``response`` that is not an object.
+LINE_QUIRKS = (
+    "nul",
+    "surrogate",
+    "negative_tokens",
+    "huge_tokens",
+    "huge_cost",
+    "response_string",
+    "response_list",
+)
+SERVER_TOOLS = (
+    "web_search",
+    "x_search",
+    "code_execution",
+    "code_interpreter",
+    "collections_search",
+)
 MAX_TOKENS_ERROR = "Maximum number of tokens max_tokens must be positive but max_tokens = {}"
 LABELS = ("positive", "negative", "neutral")
 
@@ -33,9 +58,9 @@ TICKS_PER_USD_PER_MILLION_TOKENS = Decimal(10_000)
 class ModelPrice:
     """USD per million tokens; ``batch_discount`` is the fraction taken off every token type."""
 
-    input: float = 3.00
-    cached_input: float = 0.75
-    output: float = 15.00
+    input: float = 1.25
+    cached_input: float = 0.20
+    output: float = 2.50
     batch_discount: float = 0.20
 
 
@@ -46,6 +71,7 @@ class Outcome:
     completion: dict[str, Any] | None
     error: str | None
     cost_ticks: int
+    quirk: str | None = None
 
 
 def model_matches(model: str, patterns: Any) -> bool:
@@ -151,6 +177,7 @@ def complete(
     created: int,
     cache_hit: bool,
     prices: dict[str, ModelPrice],
+    quirk: str | None = None,
 ) -> Outcome:
     """Answer one chat-completions body, or fail it the way xAI fails a single line."""
     model = str(body.get("model", ""))
@@ -164,6 +191,11 @@ def complete(
     if marker:
         return Outcome(None, marker.group(1).strip(), 0)
 
+    if quirk is None:
+        found = QUIRK_MARKER.search(last_user)
+        quirk = found.group(1) if found else None
+    if quirk is not None and quirk not in LINE_QUIRKS:
+        raise ValueError(f"unknown line quirk {quirk!r}; expected one of {LINE_QUIRKS}")
     clean = re.sub(r"\[\[emulator:[^\]]*\]\]", "", last_user).strip()
     answer = f"Emulated answer to: {clean[:60]}"
     tool_calls: list[dict[str, Any]] | None = None
@@ -171,7 +203,10 @@ def complete(
     content: str | None
     response_format = body.get("response_format") or {}
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
-    if tools and TOOL_CALL_MARKER in last_user:
+    server_tools = [str(t["type"]) for t in tools if t.get("type") in SERVER_TOOLS]
+    if server_tools:
+        answer = f"Emulated answer, with sources, to: {clean[:60]}"
+    if tools and TOOL_CALL_MARKER in last_user and not server_tools:
         function = tools[0].get("function") or {}
         arguments = fill_schema(function.get("parameters") or {"type": "object"}, clean[:60])
         tool_calls = [
@@ -217,13 +252,61 @@ def complete(
     }
     ticks = cost_ticks(usage, price_for(model, prices))
     usage["cost_in_usd_ticks"] = ticks
-    completion = {
+    choices = [{"index": 0, "message": message, "finish_reason": finish_reason}]
+    completion: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+        "choices": choices,
         "usage": usage,
         "system_fingerprint": "fp_emulator",
     }
-    return Outcome(completion, None, ticks)
+    if server_tools:
+        turns = _server_tool_turns(server_tools, clean[:60], completion_id)
+        choices[:] = [*turns, {**choices[0], "index": len(turns)}]
+        completion["citations"] = [
+            f"https://example.com/source-{_digest(clean + str(i)) % 1000}" for i in range(3)
+        ]
+        usage["num_sources_used"] = len(completion["citations"])
+    if quirk is not None:
+        ticks = _apply_quirk(completion, quirk, ticks)
+    return Outcome(completion, None, ticks, quirk)
+
+
+def _server_tool_turns(kinds: list[str], query: str, completion_id: str) -> list[dict[str, Any]]:
+    """The intermediate turns of a server-side tool answer: one tool call per tool, then a
+    progress note, each with the empty finish_reason xAI gives unfinished turns."""
+    turns: list[dict[str, Any]] = []
+    for kind in kinds:
+        call_id = f"call_{uuid.uuid5(uuid.NAMESPACE_URL, completion_id + kind).hex[:24]}"
+        call = {
+            "id": call_id,
+            "type": "function",
+            "function": {"name": kind, "arguments": json.dumps({"query": query})},
+        }
+        message = {"role": "assistant", "content": "", "tool_calls": [call]}
+        turns.append({"index": len(turns), "message": message, "finish_reason": ""})
+    note = {"role": "assistant", "content": "Reading the sources found."}
+    turns.append({"index": len(turns), "message": note, "finish_reason": ""})
+    return turns
+
+
+def _apply_quirk(completion: dict[str, Any], quirk: str, ticks: int) -> int:
+    """Spoil an answer the way real ones are spoilt now and then; return the line's ticks."""
+    choice = completion["choices"][-1]
+    usage = completion["usage"]
+    if quirk in ("nul", "surrogate"):
+        odd = "\u0000" if quirk == "nul" else "\ud800"
+        content = choice["message"].get("content") or ""
+        choice["message"]["content"] = f"{content[:20]}{odd}{content[20:]}"
+        choice["finish_reason"] = f"{choice['finish_reason']}{odd}"
+    elif quirk == "negative_tokens":
+        usage["prompt_tokens"], usage["completion_tokens"] = -5, -1
+        usage["total_tokens"] = -6
+    elif quirk == "huge_tokens":
+        usage["prompt_tokens"] = usage["total_tokens"] = 2**63 + 5
+        usage["completion_tokens_details"]["reasoning_tokens"] = 10**30
+    elif quirk == "huge_cost":
+        ticks = usage["cost_in_usd_ticks"] = 10**21
+    return ticks

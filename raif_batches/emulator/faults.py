@@ -21,7 +21,19 @@ KINDS = (
     "overlap_page",
     "raw",
     "accept_then_raw",
+    "headers",
+    "redirect_loop",
 )
+
+#: Bodies a provider's proxy or a broken server sends with a 200: for ``unreadable()``.
+UNREADABLE_BODIES: dict[str, tuple[bytes, str]] = {
+    "html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+    "empty": (b"", "application/json"),
+    "list": (b"[]", "application/json"),
+    "wrong_shape": (b'{"object": "unexpected", "data": null}', "application/json"),
+    "cut": (b'{"batch_id": "batch_', "application/json"),
+    "not_json": (b"upstream connect error or disconnect/reset before headers", "text/plain"),
+}
 
 #: gRPC status texts, which xAI puts in the ``code`` field of every error body.
 GRPC_TEXT = {
@@ -57,7 +69,10 @@ class Fault:
     the whole length);
     ``repeat_page`` / ``overlap_page`` bend the next page token of a list call; ``raw`` answers
     ``status`` with the bytes ``raw_body`` (HTML, an empty body, a JSON list…) before any work,
-    and ``accept_then_raw`` does the work first (a create that happened, answered unreadably).
+    and ``accept_then_raw`` does the work first (a create that happened, answered unreadably);
+    ``headers`` does the work and answers normally with ``headers`` added (a ``Content-Encoding:
+    gzip`` on a plain body); ``redirect_loop`` answers ``302`` pointing at the same URL, for ever.
+    ``headers`` (the field) is also added to the answer of every other kind.
     ``times=None`` fires forever; ``probability`` is drawn from the emulator's seeded generator.
     """
 
@@ -84,6 +99,23 @@ class Fault:
 
     def response_body(self) -> dict[str, Any]:
         return self.body or error_body(self.status, f"Injected fault: HTTP {self.status}")
+
+
+def unreadable(
+    endpoint: str | None,
+    what: str = "html",
+    *,
+    after_work: bool = False,
+    status: int = 200,
+    times: int | None = 1,
+) -> Fault:
+    """A ``200`` (by default) whose body cannot be read: one of :data:`UNREADABLE_BODIES`.
+    ``after_work=True`` does the call's work first (``accept_then_raw``)."""
+    body, content_type = UNREADABLE_BODIES[what]
+    kind = "accept_then_raw" if after_work else "raw"
+    return Fault(
+        endpoint, kind, status=status, raw_body=body, content_type=content_type, times=times
+    )
 
 
 class FaultBook:

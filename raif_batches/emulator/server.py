@@ -4,6 +4,10 @@ One ``ThreadingHTTPServer`` (daemon threads, HTTP/1.1 keep-alive, a ``Content-Le
 answer) in front of an :class:`~raif_batches.emulator.state.EmulatorState`. Each call is routed
 to an endpoint name, checked against the faults, authorised, served, and recorded in
 ``state.calls`` (dropped connections with status 0).
+
+Keys. Unless told a key (``api_key="..."``), the emulator accepts any non-empty bearer key, so it
+never needs a real one; ``emu.api_key`` is then :data:`DEFAULT_API_KEY`, a key clients may send.
+Told a key, it refuses every other one with xAI's ``400`` (a test of a wrong key needs that).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .faults import Fault, error_body
 from .state import ApiError, Call, EmulatorConfig, EmulatorState
 
+DEFAULT_API_KEY = "emulator-key"
 BAD_KEY_MESSAGE = "Incorrect API key provided. You can obtain an API key from https://console.x.ai."
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     ("POST", re.compile(r"/v1/files"), "upload_file"),
@@ -151,11 +156,15 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.kind == "drop":
             self._drop()
             return
+        extra = dict(fault.headers) if fault is not None else {}
         if fault is not None and fault.kind == "status":
-            self._send(fault.status, fault.response_body(), fault.retry_after)
+            self._send(fault.status, fault.response_body(), fault.retry_after, headers=extra)
             return
         if fault is not None and fault.kind == "raw":
-            self._send_raw(fault.status, fault.raw_body, fault.content_type, fault.headers)
+            self._send_raw(fault.status, fault.raw_body, fault.content_type, extra)
+            return
+        if fault is not None and fault.kind == "redirect_loop":
+            self._send_raw(302, b"", "text/plain", {"Location": self.path, **extra})
             return
         bend = fault.kind if fault is not None else None
         try:
@@ -172,9 +181,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._truncate(status, payload)
             return
         if fault is not None and fault.kind == "accept_then_raw":
-            self._send_raw(fault.status, fault.raw_body, fault.content_type, fault.headers)
+            self._send_raw(fault.status, fault.raw_body, fault.content_type, extra)
             return
-        self._send(status, payload)
+        depth = state.config.nested_depth if call.endpoint == "get_batch" else 0
+        self._send(status, payload, headers=extra, nested_depth=depth if status == 200 else 0)
 
     def _dispatch(
         self, call: Call, batch_id: str | None, body: bytes, bend: str | None
@@ -216,8 +226,14 @@ class _Handler(BaseHTTPRequestHandler):
         payload: dict[str, Any],
         retry_after: float | None = None,
         close: bool = False,
+        headers: dict[str, str] | None = None,
+        nested_depth: int = 0,
     ) -> None:
         data = json.dumps(payload).encode()
+        if nested_depth > 0 and data.endswith(b"}") and len(data) > 2:
+            # Too deep for json.dumps (it recurses): spliced in as text.
+            nested = b"[" * nested_depth + b"]" * nested_depth
+            data = data[:-1] + b', "debug_trace": ' + nested + b"}"
         if self.call is not None:
             self.call.status = status
         self._record()
@@ -226,6 +242,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if retry_after is not None:
             self.send_header("Retry-After", f"{retry_after:g}")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -288,19 +306,24 @@ def _limit(query: dict[str, str]) -> int | None:
 
 
 class EmulatorServer:
-    """The emulator on a loopback port. ``port=0`` picks a free one; ``api_key=None`` accepts any
-    non-empty bearer key."""
+    """The emulator on a loopback port. ``port=0`` picks a free one; ``api_key=None`` (the
+    default) accepts any non-empty bearer key; ``profile`` names a config when none is given."""
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 0,
-        api_key: str | None = "test-key",
+        api_key: str | None = None,
         config: EmulatorConfig | None = None,
         state: EmulatorState | None = None,
         quiet: bool = True,
+        profile: str | None = None,
     ) -> None:
-        self.host, self.port, self.api_key, self.quiet = host, port, api_key, quiet
+        self.host, self.port, self.quiet = host, port, quiet
+        self.any_key = not api_key
+        self.api_key: str = api_key or DEFAULT_API_KEY
+        if config is None and state is None and profile is not None:
+            config = EmulatorConfig.profile(profile)
         self.state = state if state is not None else EmulatorState(config)
         # What xAI shows as create_api_key_id: derived from the key, never the key itself.
         digest = hashlib.sha256((api_key or "any").encode()).hexdigest()
@@ -321,7 +344,7 @@ class EmulatorServer:
         scheme, _, key = (header or "").partition(" ")
         key = key.strip()
         valid = scheme.lower() == "bearer" and bool(key)
-        if valid and self.api_key is not None:
+        if valid and not self.any_key:
             valid = hmac.compare_digest(key.encode(), self.api_key.encode())
         if not valid:
             raise ApiError(400, BAD_KEY_MESSAGE)
@@ -371,14 +394,20 @@ class EmulatorServer:
 
 @contextlib.contextmanager
 def run_emulator(
-    api_key: str | None = "test-key",
+    api_key: str | None = None,
     config: EmulatorConfig | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     quiet: bool = True,
+    profile: str | None = None,
 ) -> Iterator[EmulatorServer]:
-    """Start an emulator for the ``with`` block: ``with run_emulator() as emu: emu.base_url``."""
-    server = EmulatorServer(host=host, port=port, api_key=api_key, config=config, quiet=quiet)
+    """Start an emulator for the ``with`` block: ``with run_emulator() as emu: emu.base_url``.
+
+    ``profile="fast"`` (or ``config=EmulatorConfig.fast()``) for speed; the default config plays
+    xAI as observed. Without ``api_key`` any key is accepted (``emu.api_key`` is one to send)."""
+    server = EmulatorServer(
+        host=host, port=port, api_key=api_key, config=config, quiet=quiet, profile=profile
+    )
     server.start()
     try:
         yield server

@@ -4,10 +4,18 @@ Everything is lazy: nothing runs in the background. A batch moves on (validation
 expiry, the revert after a cancel) only when a call observes it, computed from the emulator clock
 and the number of reads, so tests are deterministic and can jump in time with :meth:`advance`.
 
-Progress rule. After validation a batch finishes its pending lines in file order, paced by two
-knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines, and
-every ``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0)
-adds nothing; with both off every line finishes at the first observation after validation.
+Progress rule. After validation a batch finishes its pending lines in file order, paced by three
+knobs whose budgets add up: every ``GET /v1/batches/{id}`` adds ``requests_per_read`` lines or,
+when that is ``None``, ``share_per_read`` of the batch's lines (at least one), and every
+``seconds_per_request`` of emulator time adds one line. A knob that is off (``None`` / 0) adds
+nothing; with all three off every line finishes at the first observation after validation.
+
+Profiles. The default :class:`EmulatorConfig` plays xAI as observed (``xai-batch-api.md``): a
+validation phase, lines finishing over several reads (so a cancel really cancels), ``null`` and
+``""`` end tokens in turn, ``state`` left out of every third read, a cancel that partly reverts,
+a rejected file with every counter at 0, real prices. ``EmulatorConfig.fast()`` drops the pacing
+and the quirks for tests that only want speed. Every hostile case of issue 9 is a field that is off
+by default (see the field comments and the README table), or a :class:`~.faults.Fault`.
 
 All public methods take the one ``RLock``, so the threaded HTTP server can call them freely.
 """
@@ -26,7 +34,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .completions import ModelPrice, Outcome, chat_messages, complete, model_matches, system_prompt
+from .completions import (
+    LINE_QUIRKS,
+    ModelPrice,
+    Outcome,
+    chat_messages,
+    complete,
+    model_matches,
+    system_prompt,
+)
 from .faults import Fault, FaultBook
 
 ENDPOINTS = (
@@ -55,24 +71,54 @@ class ApiError(Exception):
 
 
 def _default_prices() -> dict[str, ModelPrice]:
-    batch_price = ModelPrice(input=3.00, cached_input=0.75, output=15.00, batch_discount=0.20)
+    # xAI's prices for the batchable models in late 2026: $1.25 input, $0.20 cached input, $2.50
+    # output per million tokens, 20% off in a batch (a published capture solves exactly with it).
+    batch_price = ModelPrice(input=1.25, cached_input=0.20, output=2.50, batch_discount=0.20)
     return {"grok-4.3": batch_price, "grok-4.20-0309*": batch_price}
+
+
+#: What the fast profile changes from the default: no pacing, no quirks.
+FAST_PROFILE: dict[str, Any] = {
+    "validation_reads": 1,  # the create and one read see all-zero counters, the next sees it done
+    "requests_per_read": None,
+    "share_per_read": 0.0,
+    "seconds_per_request": 0.0,
+    "pagination_end": None,
+    "pagination_end_alternate": False,
+    "omit_state_every": 0,
+    "cancel_revert_count": 0,
+}
+PROFILES = ("realistic", "fast")
+RESULT_LAG_SHAPES = ("partial", "empty", "object")
+ERROR_SHAPES = (
+    "string",  # batch_result.error: "text" (xAI's REST answer)
+    "object",  # batch_result.error: {"code", "message"}
+    "error_message",  # top-level error_message: "text"
+    "error_message_object",  # top-level error_message: {"code", "message"}
+    "top_level",  # top-level error: "text"
+    "top_level_object",  # top-level error: {"code", "message"}
+)
+SUCCESS_SHAPES = ("batch_result", "response")  # batch_result.response or top-level response
 
 
 @dataclass
 class EmulatorConfig:
-    """Every knob of the emulator. Tests may change fields while the server runs."""
+    """Every knob of the emulator. Tests may change fields while the server runs.
 
-    validation_reads: int = 1  # GETs that read all-zero counters before the file is validated
+    The defaults play xAI as observed; :meth:`fast` (or ``profile("fast")``) is the quiet one.
+    Fields after ``default_page_size`` are the hostile switches of issue 9, all off by default.
+    """
+
+    validation_reads: int = 2  # GETs that read all-zero counters before the file is validated
     requests_per_read: int | None = None  # lines finished per GET of the batch (see module doc)
     seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
     supported_models: tuple[str, ...] = ("grok-4.3", "grok-4.20-0309*")  # "prefix*" allowed
     prices: dict[str, ModelPrice] = field(default_factory=_default_prices)
-    error_shape: str = "string"  # "string" | "object" | "error_message"
+    error_shape: str = "string"  # one of ERROR_SHAPES
     pagination_end: str | None = None  # last page token: None (JSON null) or ""
     missing_result_ids: set[str] = field(default_factory=set)  # never served as results
     extra_result_ids: set[str] = field(default_factory=set)  # unknown ids on the first page
-    cancel_revert_count: int = 0  # lines a cancel cancels that later flip back to succeeded
+    cancel_revert_count: int = 2  # lines a cancel cancels that later flip back to succeeded
     cancel_revert_after: float = 10.0  # emulator seconds after the cancel
     expire_after_seconds: float = 30 * 86400.0
     time_format: str = "date"  # "date" ("2026-08-28") or "rfc3339" ("2026-08-25T12:30:00Z")
@@ -85,6 +131,54 @@ class EmulatorConfig:
     max_lines: int = 50_000
     max_page_size: int = 1000  # larger limits are clamped to this
     default_page_size: int = 100
+    # -- realistic pacing and quirks (on by default, off in the fast profile) -------------------
+    share_per_read: float = 0.25  # share of a batch's lines finished per GET (at least one line)
+    pagination_end_alternate: bool = True  # last page token alternates null and "" per listing
+    omit_state_every: int = 3  # every Nth GET of a batch omits "state" (0: never)
+    rejected_counts: str = "zero"  # a rejected file's counters: "zero" (xAI) or "cancelled"
+    # -- hostile switches (off by default) -------------------------------------------------------
+    success_shape: str = "batch_result"  # one of SUCCESS_SHAPES
+    results_lag_reads: int = 0  # first-page result reads that do not yet see a finished line
+    results_lag_seconds: float = 0.0  # emulator seconds a finished line stays unserved
+    results_lag_shape: str = "partial"  # while lagging: "partial" (every other lagging line
+    #   left out), "empty" (an empty last page) or "object" (the body is just {})
+    results_gone_status: int | None = None  # 404/410 on results once no line is pending
+    reject_pending_message: str | None = None  # cancel_by_xai_message set while lines pend
+    duplicate_result_ids: set[str] = field(default_factory=set)  # also served as an error entry
+    duplicate_error_first: bool = True  # the error copy leads the first page (else ends the last)
+    line_quirks: dict[str, str] = field(default_factory=dict)  # custom id -> one of LINE_QUIRKS
+    expire_time_value: Any = None  # served verbatim as expire_time ("9999-12-31", 1e300, …)
+    nested_depth: int = 0  # batch GETs carry a JSON array nested this deep
+    result_padding_kb: int = 0  # each answer's reasoning_content padded to this many KB
+    page_overflow: int = 0  # every list page carries this many entries beyond the asked limit
+    endless_pagination: tuple[str, ...] = ()  # list endpoints whose token changes and never ends
+
+    def __post_init__(self) -> None:
+        for name, allowed in (
+            ("error_shape", ERROR_SHAPES),
+            ("success_shape", SUCCESS_SHAPES),
+            ("results_lag_shape", RESULT_LAG_SHAPES),
+            ("rejected_counts", ("zero", "cancelled")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {getattr(self, name)!r}")
+        unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
+        if unknown:
+            raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> EmulatorConfig:
+        """Instant validation, every line done at the first read, no quirks: for speed only."""
+        return cls(**{**FAST_PROFILE, **overrides})
+
+    @classmethod
+    def profile(cls, name: str = "realistic", **overrides: Any) -> EmulatorConfig:
+        """``"realistic"`` (the default: xAI as observed) or ``"fast"``, with field overrides."""
+        if name == "fast":
+            return cls.fast(**overrides)
+        if name in ("realistic", "default", "hostile"):
+            return cls(**overrides)
+        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
 
 
 @dataclass
@@ -136,6 +230,7 @@ class Line:
     error: str | None = None
     cost_ticks: int = 0
     finish_time: float | None = None
+    results_mark: int = 0  # the batch's first-page result reads when the line finished
 
 
 @dataclass(eq=False)
@@ -163,10 +258,16 @@ class Batch:
     systems_seen: set[str] = field(default_factory=set)
     revert_lines: list[Line] = field(default_factory=list)
     revert_at: float = 0.0
+    reads: int = 0  # GETs of this batch, for omit_state_every
+    results_calls: int = 0  # first-page result reads, for results_lag_reads
+    reject_open: bool = False  # rejected with lines pending; the next GET cancels them
 
 
-def encode_token(after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+def encode_token(after: str, serial: int | None = None) -> str:
+    data: dict[str, Any] = {"after": after}
+    if serial is not None:  # endless pagination: a token that differs on every page
+        data["n"] = serial
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
 def decode_token(token: str | None) -> str | None:
@@ -198,6 +299,8 @@ class EmulatorState:
         self.batches: dict[str, Batch] = {}
         self.calls: list[Call] = []
         self._faults = FaultBook(self.config.seed)
+        self._listings = 0  # list calls served, for pagination_end_alternate
+        self._serial = 0  # tokens minted by endless pagination
 
     # -- clock, calls, faults ------------------------------------------------------------------
     def now(self) -> float:
@@ -218,6 +321,7 @@ class EmulatorState:
             self.batches.clear()
             self.calls.clear()
             self._faults.reset(self.config.seed)
+            self._listings = self._serial = 0
 
     def record(self, call: Call) -> None:
         with self._lock:
@@ -298,8 +402,10 @@ class EmulatorState:
         with self._lock:
             batch = self._batch(batch_id)
             self._observe(batch, read=True)
-            omit = self.config.omit_state_reads > 0
-            if omit:
+            batch.reads += 1
+            every = self.config.omit_state_every
+            omit = self.config.omit_state_reads > 0 or (every > 0 and batch.reads % every == 0)
+            if self.config.omit_state_reads > 0:
                 self.config.omit_state_reads -= 1
             return self._view(batch, omit_state=omit)
 
@@ -308,7 +414,9 @@ class EmulatorState:
     ) -> dict[str, Any]:
         with self._lock:
             ordered = {f"{b.seq:012d}": b for b in self.batches.values()}
-            keys, next_token = self._page(sorted(ordered), lambda k: True, limit, token, bend)
+            keys, next_token = self._page(
+                sorted(ordered), lambda k: True, limit, token, bend, "list_batches"
+            )
             views = []
             for key in keys:
                 self._observe(ordered[key])
@@ -376,7 +484,9 @@ class EmulatorState:
         with self._lock:
             batch = self._batch(batch_id)
             self._observe(batch)
-            ids, next_token = self._page(batch.sorted_ids, lambda k: True, limit, token, bend)
+            ids, next_token = self._page(
+                batch.sorted_ids, lambda k: True, limit, token, bend, "list_requests"
+            )
             metadata = []
             for rid in ids:
                 line = batch.by_id[rid]
@@ -395,31 +505,61 @@ class EmulatorState:
     def list_results(
         self, batch_id: str, limit: int | None, token: str | None, bend: str | None = None
     ) -> dict[str, Any]:
-        """Finished lines, sorted by id; ``extra_result_ids`` lead the first page."""
+        """Finished lines, sorted by id; ``extra_result_ids`` and (by default) the error copies
+        of ``duplicate_result_ids`` lead the first page."""
         with self._lock:
+            cfg = self.config
             batch = self._batch(batch_id)
             self._observe(batch)
-            missing = self.config.missing_result_ids
+            if not token:
+                batch.results_calls += 1
+            if (
+                cfg.results_gone_status
+                and batch.validated
+                and batch.next_pending >= len(batch.lines)
+            ):
+                raise ApiError(cfg.results_gone_status, f"Results of {batch_id} are gone")
+            missing = cfg.missing_result_ids
+            lagging = self._lagging(batch)
+            if lagging and cfg.results_lag_shape == "object":
+                return {}
+            if lagging and cfg.results_lag_shape == "empty":
+                return {"results": [], "pagination_token": self._end_token()}
+            position = {rid: i for i, rid in enumerate(batch.sorted_ids)} if lagging else {}
 
             def served(rid: str) -> bool:
-                return batch.by_id[rid].state != "pending" and rid not in missing
+                if batch.by_id[rid].state == "pending" or rid in missing:
+                    return False
+                return rid not in lagging or position[rid] % 2 == 0
 
-            ids, next_token = self._page(batch.sorted_ids, served, limit, token, bend)
+            ids, next_token = self._page(
+                batch.sorted_ids, served, limit, token, bend, "list_results"
+            )
             results = []
+            duplicates = sorted(
+                rid for rid in cfg.duplicate_result_ids if rid in batch.by_id and served(rid)
+            )
             if not token:
-                for rid in sorted(self.config.extra_result_ids):
+                for rid in sorted(cfg.extra_result_ids):
                     body = {"model": "grok-4.3", "messages": [{"role": "user", "content": rid}]}
                     outcome = self._complete(batch, rid, body, self.now(), False)
                     results.append(self._result_entry(rid, "succeeded", outcome.completion, None))
+                if cfg.duplicate_error_first:
+                    results += [self._duplicate_entry(rid) for rid in duplicates]
             for rid in ids:
                 line = batch.by_id[rid]
-                completion = None
+                completion, quirk = None, None
                 if line.state == "succeeded":
                     body = self._body(batch, line)
                     finished = line.finish_time or self.now()
                     outcome = self._complete(batch, rid, body, finished, line.cache_hit)
-                    completion = outcome.completion
-                results.append(self._result_entry(rid, line.state, completion, line.error))
+                    completion, quirk = outcome.completion, outcome.quirk
+                    if completion is not None and cfg.result_padding_kb > 0:
+                        message = completion["choices"][-1]["message"]
+                        message["reasoning_content"] = _padding(cfg.result_padding_kb * 1024)
+                results.append(self._result_entry(rid, line.state, completion, line.error, quirk))
+            if not next_token and not cfg.duplicate_error_first:
+                results += [self._duplicate_entry(rid) for rid in duplicates]
             return {"results": results, "pagination_token": next_token}
 
     # -- internals (call with the lock held) ---------------------------------------------------
@@ -442,13 +582,15 @@ class EmulatorState:
         limit: int | None,
         token: str | None,
         bend: str | None,
+        endpoint: str = "",
     ) -> tuple[list[str], str | None]:
         """Cursor pagination over sorted keys: a token is "start after this key", so lines that
         finish between two pages neither shift nor duplicate the next page."""
-        size = self.config.default_page_size if limit is None else limit
+        cfg = self.config
+        size = cfg.default_page_size if limit is None else limit
         if size <= 0:
             raise ApiError(400, "limit must be a positive integer")
-        size = min(size, self.config.max_page_size)
+        size = min(size, cfg.max_page_size) + max(0, cfg.page_overflow)
         after = decode_token(token)
         index = 0 if after is None else bisect.bisect_right(keys, after)
         page: list[str] = []
@@ -464,7 +606,32 @@ class EmulatorState:
             return page, encode_token(after or "")
         if bend == "overlap_page" and more and len(page) > 1:
             return page, encode_token(page[len(page) - 1 - min(2, len(page) - 1)])
-        return page, encode_token(page[-1]) if more else self.config.pagination_end
+        if more:
+            return page, encode_token(page[-1])
+        if endpoint in cfg.endless_pagination:
+            self._serial += 1
+            return page, encode_token(page[-1] if page else (after or ""), self._serial)
+        return page, self._end_token()
+
+    def _end_token(self) -> str | None:
+        """The last page's token: ``pagination_end``, or null and "" in turn (both observed)."""
+        self._listings += 1
+        if self.config.pagination_end_alternate:
+            return None if self._listings % 2 else ""
+        return self.config.pagination_end
+
+    def _lagging(self, batch: Batch) -> set[str]:
+        """Finished lines whose results are not served yet (results_lag_reads / _seconds)."""
+        cfg = self.config
+        if cfg.results_lag_reads <= 0 and cfg.results_lag_seconds <= 0:
+            return set()
+        now = self.now()
+        return {
+            line.custom_id
+            for line in batch.lines[: batch.next_pending]
+            if batch.results_calls - line.results_mark <= cfg.results_lag_reads
+            or now - (line.finish_time or now) < cfg.results_lag_seconds
+        }
 
     def _observe(self, batch: Batch, read: bool = False) -> None:
         """Bring a batch up to the emulator clock: validation, progress, expiry, revert."""
@@ -476,7 +643,16 @@ class EmulatorState:
             if batch.zero_reads_left > 0:
                 return
             self._validate(batch, now)
+        if batch.reject_open and read:
+            # The rejection came with lines pending; they are cancelled at the next GET.
+            batch.reject_open = False
+            self._cancel_pending(batch, now)
         self._progress(batch, min(now, batch.expire_time), read)
+        message = self.config.reject_pending_message
+        pending = batch.next_pending < len(batch.lines)
+        if message and pending and batch.cancel_by_xai_message is None and batch.next_pending:
+            batch.cancel_by_xai_message, batch.cancel_time = message, now
+            batch.reject_open = True
         if now >= batch.expire_time and not batch.expired:
             # Lines left at expiry read "Batch cancelled"; cancel_time stays null, as nobody
             # cancelled: a client tells expiry apart by expire_time.
@@ -490,13 +666,19 @@ class EmulatorState:
     def _progress(self, batch: Batch, now: float, read: bool) -> None:
         cfg = self.config
         pending = len(batch.lines) - batch.next_pending
-        if cfg.requests_per_read is None and cfg.seconds_per_request <= 0:
+        if (
+            cfg.requests_per_read is None
+            and cfg.seconds_per_request <= 0
+            and cfg.share_per_read <= 0
+        ):
             budget = pending
         else:
             if cfg.seconds_per_request > 0 and now > batch.last_progress:
                 batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read:
-                batch.credit += cfg.requests_per_read
+            if read and cfg.requests_per_read is not None:
+                batch.credit += cfg.requests_per_read  # set, it alone paces reads (0: none)
+            elif read and cfg.share_per_read > 0:
+                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
             budget = min(pending, int(batch.credit + 1e-9))
             batch.credit = 0.0 if budget == pending else batch.credit - budget
         batch.last_progress = max(batch.last_progress, now)
@@ -509,6 +691,7 @@ class EmulatorState:
         outcome = self._complete(batch, line.custom_id, body, now, line.cache_hit)
         line.state = "succeeded" if outcome.error is None else "failed"
         line.error, line.cost_ticks, line.finish_time = outcome.error, outcome.cost_ticks, now
+        line.results_mark = batch.results_calls
 
     def _cancel_pending(self, batch: Batch, now: float) -> list[Line]:
         cancelled = batch.lines[batch.next_pending :]
@@ -527,6 +710,7 @@ class EmulatorState:
             created=int(when),
             cache_hit=hit,
             prices=self.config.prices,
+            quirk=self.config.line_quirks.get(rid),
         )
 
     def _body(self, batch: Batch, line: Line) -> dict[str, Any]:
@@ -616,7 +800,10 @@ class EmulatorState:
         }
         ticks = finished = 0
         if batch.rejected_count:
-            counts["num_requests"] = counts["num_cancelled"] = batch.rejected_count
+            # xAI leaves every counter of a refused file at 0 (observed); "cancelled" is the
+            # older reading, kept as a switch.
+            if self.config.rejected_counts == "cancelled":
+                counts["num_requests"] = counts["num_cancelled"] = batch.rejected_count
         elif batch.validated:
             counts["num_requests"] = len(batch.lines)
             key = {
@@ -650,29 +837,54 @@ class EmulatorState:
             },
             "input_file_id": batch.input_file_id,
         }
+        if self.config.expire_time_value is not None:
+            view["expire_time"] = self.config.expire_time_value
         if omit_state:
             del view["state"]
         return view
 
     def _result_entry(
-        self, rid: str, state: str, completion: dict[str, Any] | None, error: str | None
+        self,
+        rid: str,
+        state: str,
+        completion: dict[str, Any] | None,
+        error: str | None,
+        quirk: str | None = None,
     ) -> dict[str, Any]:
+        cfg = self.config
         if completion is not None:
-            return {
-                "batch_request_id": rid,
-                "batch_result": {"response": {"chat_get_completion": completion}},
-            }
+            response: Any = {"chat_get_completion": completion}
+            if quirk == "response_string":
+                response = "chat_get_completion unavailable"
+            elif quirk == "response_list":
+                response = [response]
+            if cfg.success_shape == "response":
+                return {"batch_request_id": rid, "response": response}
+            return {"batch_request_id": rid, "batch_result": {"response": response}}
         message = error or "Unknown error"
-        shape = self.config.error_shape
+        code = 1 if state == "cancelled" else 3  # gRPC CANCELLED / INVALID_ARGUMENT
+        shaped = {"code": code, "message": message}
+        shape = cfg.error_shape
         if shape == "error_message":
             return {"batch_request_id": rid, "error_message": message}
+        if shape == "error_message_object":
+            return {"batch_request_id": rid, "error_message": shaped}
+        if shape == "top_level":
+            return {"batch_request_id": rid, "error": message}
+        if shape == "top_level_object":
+            return {"batch_request_id": rid, "error": shaped}
         if shape == "object":
-            code = 1 if state == "cancelled" else 3  # gRPC CANCELLED / INVALID_ARGUMENT
-            return {
-                "batch_request_id": rid,
-                "batch_result": {"error": {"code": code, "message": message}},
-            }
+            return {"batch_request_id": rid, "batch_result": {"error": shaped}}
         return {"batch_request_id": rid, "batch_result": {"error": message}}
+
+    def _duplicate_entry(self, rid: str) -> dict[str, Any]:
+        """The failed twin of a line that succeeded: a retried attempt served as well."""
+        return self._result_entry(rid, "failed", None, "Internal error: attempt superseded")
+
+
+def _padding(size: int) -> str:
+    words = "The emulator pads this reasoning to make a big answer. "
+    return (words * (size // len(words) + 1))[:size]
 
 
 def _line_spans(content: bytes) -> Iterable[tuple[int, int, int]]:

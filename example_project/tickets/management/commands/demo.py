@@ -1,7 +1,11 @@
 """Run one batch end to end: create, submit, poll until done, print every result.
 
 Without ``XAI_BASE_URL`` in the environment the bundled xAI emulator is started on a free
-loopback port, so the demo needs no key and no network.
+loopback port, so the demo needs no key and no network. It runs the emulator's realistic profile
+(a validation phase, lines finishing over several reads, ``state`` missing now and then), which
+finishes in a few seconds at the demo's pace, and says so: the answers are canned, not a model's.
+The output then explains the one line the provider counted as a success that failed here, and
+ends with the next steps (a superuser, the server, the admin).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.test.utils import override_settings
 
 from example_project.tickets.handlers import LABEL_FORMAT
 from example_project.tickets.models import Ticket
@@ -56,11 +61,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--timeout", type=float, default=120.0, help="Seconds to wait.")
+        parser.add_argument(
+            "--interval", type=float, default=0.2, help="Seconds between two polls."
+        )
 
-    def handle(self, *args: Any, timeout: float, **options: Any) -> None:
+    def handle(self, *args: Any, timeout: float, interval: float, **options: Any) -> None:
         call_command("migrate", verbosity=0, interactive=False)
         with ExitStack() as stack:
-            self.configure_provider(stack)
+            emulated = self.configure_provider(stack)
             batch = self.create_demo_batch()
             self.stdout.write(
                 f"Created batch {batch.pk} with {batch.completions.count()} requests."
@@ -72,37 +80,53 @@ class Command(BaseCommand):
             batch.refresh_from_db()
             self.stdout.write(f"Submitted as {batch.provider_batch_id}; polling…")
             deadline = time.monotonic() + timeout
+            shown = ""
             while batch.results_fetched_at is None:
                 if time.monotonic() > deadline:
                     raise CommandError(f"batch {batch.pk} still {batch.status} after {timeout}s")
-                time.sleep(0.3)
+                time.sleep(interval)
                 report = poll([batch.pk], force=True)
                 if report.fatal:
                     raise CommandError(report.fatal.one_line)
                 batch.refresh_from_db()
                 counts = batch.request_counts
-                self.stdout.write(
+                line = (
                     f"  {batch.status}: {counts.get('succeeded', 0)} succeeded, "
                     f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending"
                 )
+                if line != shown:  # one line per change, not per poll
+                    self.stdout.write(line)
+                    shown = line
             self.print_table(batch)
+            self.explain_local_failures(batch)
+            self.next_steps(emulated)
 
-    def configure_provider(self, stack: ExitStack) -> None:
+    def configure_provider(self, stack: ExitStack) -> bool:
+        """Point the app at the emulator unless a provider URL is configured; True if emulated."""
         configured = getattr(settings, "RAIF_BATCHES", {}) or {}
         if os.environ.get("XAI_BASE_URL") or configured.get("XAI_BASE_URL"):
-            self.stdout.write("Using the xAI API at XAI_BASE_URL.")
-            return
-        from raif_batches.emulator import EmulatorConfig, run_emulator
+            self.stdout.write("Using the xAI API at XAI_BASE_URL: answers come from that server.")
+            return False
+        from raif_batches.emulator import run_emulator
 
-        emulator = stack.enter_context(
-            run_emulator(api_key="demo-key", config=EmulatorConfig(requests_per_read=8))
+        # The realistic profile: validation phase, lines done over several reads, quirks on.
+        emulator = stack.enter_context(run_emulator(api_key="demo-key"))
+        stack.enter_context(
+            override_settings(
+                RAIF_BATCHES={
+                    **configured,
+                    "XAI_BASE_URL": emulator.base_url,
+                    "XAI_API_KEY": emulator.api_key,
+                }
+            )
         )
-        settings.RAIF_BATCHES = {
-            **configured,
-            "XAI_BASE_URL": emulator.base_url,
-            "XAI_API_KEY": emulator.api_key,
-        }
-        self.stdout.write(f"Started the bundled xAI emulator at {emulator.base_url}.")
+        self.stdout.write(
+            f"Answers come from the bundled xAI emulator at {emulator.base_url}, not from xAI:\n"
+            "  no key, no network, nothing billed. It answers like xAI's Batch API (a validation\n"
+            "  phase, lines finishing over several polls, real prices) with canned texts, not a\n"
+            "  model's. Set XAI_BASE_URL and XAI_API_KEY to run the demo against xAI itself."
+        )
+        return True
 
     def create_demo_batch(self) -> ModelCompletionBatch:
         requests: list[dict[str, Any]] = []
@@ -178,6 +202,45 @@ class Command(BaseCommand):
             handler=HANDLER,
         )
 
+    def explain_local_failures(self, batch: ModelCompletionBatch) -> None:
+        """The lines the provider counted as successes that failed here, and why."""
+        counts = batch.request_counts
+        done = batch.completions.filter(status="completed").count()
+        self.stdout.write(
+            f"\nThe provider counted {counts.get('succeeded', 0)} successes and "
+            f"{counts.get('failed', 0)} errors; here {done} completed and "
+            f"{batch.completions.filter(status='failed').count()} failed."
+        )
+        for c in batch.completions.filter(failure_error="invalid JSON answer").order_by(
+            "batch_custom_id"
+        ):
+            cost = f"${c.total_cost:.10f}" if c.total_cost is not None else "its price"
+            self.stdout.write(
+                f"\nWhy {c.batch_custom_id} failed although the provider counted it a success:\n"
+                "  the request asked for JSON (response_format), and the answer is not valid\n"
+                f"  JSON. The provider answered and billed it ({cost}), so its text, tokens and\n"
+                "  cost are kept on the completion (raw_response), but nothing can use it as\n"
+                "  structured output: it is stored as failed ('invalid JSON answer').\n"
+                "  retry_failed(batch) sends such lines again in a new batch."
+            )
+
+    def next_steps(self, emulated: bool) -> None:
+        url = "http://127.0.0.1:8000/admin/raif_batches/modelcompletionbatch/"
+        self.stdout.write(
+            "\nNext steps:\n"
+            "  python manage.py createsuperuser     # an account for the admin\n"
+            "  python manage.py runserver           # then open the admin:\n"
+            f"  {url}\n"
+            "  There: this batch, its completions (filter by status), costs, and actions to\n"
+            "  submit, poll, cancel and retry."
+        )
+        if emulated:
+            self.stdout.write(
+                "  To try submit_batches / poll_batches by hand without a key, run\n"
+                "  python manage.py xai_emulator (it accepts any key) and set\n"
+                "  XAI_BASE_URL=http://127.0.0.1:8765/v1 XAI_API_KEY=emulator-key."
+            )
+
     def print_table(self, batch: ModelCompletionBatch) -> None:
         rows = [("custom id", "status", "tokens", "cost (USD)", "answer or failure")]
         for c in batch.completions.order_by("batch_custom_id"):
@@ -204,7 +267,12 @@ class Command(BaseCommand):
         batch.refresh_from_db()
         done = batch.completions.filter(status="completed").count()
         failed = batch.completions.filter(status="failed").count()
-        ticket_ids = batch.completions.exclude(source_object_id="").values("source_object_id")
+        # source_object_id is text (any model's key); a subquery would compare it with an
+        # integer column, which PostgreSQL refuses, so the ids are read first.
+        sources = batch.completions.exclude(source_object_id="").values_list(
+            "source_object_id", flat=True
+        )
+        ticket_ids = [int(value) for value in sources if value.isdigit()]
         labelled = Ticket.objects.filter(pk__in=ticket_ids).exclude(label="").count()
         self.stdout.write(
             f"\nBatch {batch.pk} {batch.status}: {done} completed, {failed} failed; "
