@@ -294,7 +294,10 @@ class ApiClient:
                 headers=headers,
                 expect=expect,
                 lenient_numbers=lenient_numbers,
-                deadline=started + self.retry.max_total_seconds,
+                # One call lasts at most connect + read timeout, body included: the lease check
+                # (raif_batches.E011) counts on that bound, and a body that trickles in byte by
+                # byte would otherwise never time out.
+                deadline=time.monotonic() + sum(self.timeout),
             )
             if not isinstance(outcome, _Fault):
                 return outcome

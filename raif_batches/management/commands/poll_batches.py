@@ -21,6 +21,7 @@ from ... import stopping
 from ...conf import get_setting
 from ...models import IN_FLIGHT_STATUSES, BatchStatus, ModelCompletionBatch
 from ...polling import RunReport, poll
+from ...providers.base import WORKER_ID
 from ._base import BatchCommand, one_line
 
 
@@ -120,7 +121,8 @@ class Command(BatchCommand):
                 report = poll(batch_ids, force=force, limit=limit or None)
             except DatabaseError as error:
                 self.stderr.write(f"database error: {one_line(error)}")
-                self._reconnect()
+                self._reconnect(force=True)
+                self._release_own_leases()
             else:
                 self.report_cycle(report)
             self._reconnect()  # a fresh connection per cycle survives database restarts
@@ -140,13 +142,29 @@ class Command(BatchCommand):
         for error in report.errors:
             self.stderr.write(one_line(Exception(error)))
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, *, force: bool = False) -> None:
         if connection.in_atomic_block:
             return
         try:
-            close_old_connections()
+            if force:
+                connection.close()
+            else:
+                close_old_connections()
         except DatabaseError:
             try:
                 connection.close()
             except DatabaseError:
                 pass  # the next query opens a new connection
+
+    def _release_own_leases(self) -> None:
+        """A cycle cut off by the database could not release its leases; this process is the
+        only one working under its id, so it frees them rather than wait LEASE_SECONDS."""
+        try:
+            ModelCompletionBatch.objects.filter(claimed_by=WORKER_ID).update(
+                claimed_by="", claimed_until=None
+            )
+            ModelCompletionBatch.objects.filter(handler_claimed_by=WORKER_ID).update(
+                handler_claimed_by="", handler_claimed_until=None
+            )
+        except DatabaseError:
+            self._reconnect(force=True)  # still down: the next cycle tries again
