@@ -268,8 +268,12 @@ def test_completion_list_of_a_50000_batch_stays_within_10_queries(
     assert response.context["cl"].result_count == 50_000
     assert len(response.context["cl"].result_list) == 100
     assert f"#{batch.pk} Big one" in response.content.decode()  # the batch filter's one choice
-    response = admin_client.get(COMPLETIONS, {"q": "row-04242"})
+    response = admin_client.get(COMPLETIONS, {"batch": batch.pk, "q": "row-04242"})
     assert [c.batch_custom_id for c in response.context["cl"].result_list] == ["row-04242"]
+    # Across every batch a search would read the whole table: the list asks for a batch.
+    response = admin_client.get(COMPLETIONS, {"q": "row-04242"})
+    assert list(response.context["cl"].result_list) == []
+    assert any("Choose a batch first" in text for text in texts(response))
 
 
 def test_delete_confirmation_summarises_instead_of_listing_completions(
