@@ -54,8 +54,7 @@ AT_PROVIDER_STATUSES = IN_FLIGHT_STATUSES | {BatchStatus.SUBMITTING}
 def _undeletable() -> Q:
     """Batches whose deletion would lose paid work, as one condition (see ``can_delete``)."""
     return Q(status__in=AT_PROVIDER_STATUSES) | (
-        Q(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True)
-        & ~Q(provider_batch_id="")
+        Q(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True) & ~Q(provider_batch_id="")
     )
 
 
@@ -96,6 +95,16 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
     def undeletable(self) -> ModelCompletionBatchQuerySet:
         return self.filter(_undeletable())
 
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete, or raise ``BatchInFlight`` before anything is touched if any batch may not go.
+
+        The check runs before Django's delete transaction opens, so a caller that catches the
+        error can go on using its own transaction; the ``pre_delete`` guard still covers a
+        batch whose status changes between this check and the delete.
+        """
+        refuse_undeletable(self)
+        return super().delete()
+
     def awaiting_harvest(self) -> ModelCompletionBatchQuerySet:
         """Terminal batches whose results have not been fetched yet."""
         return self.filter(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True)
@@ -106,6 +115,20 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
             handler_called_at__isnull=True,
             handler_gave_up=False,
         ).exclude(handler="")
+
+
+def refuse_undeletable(queryset: models.QuerySet[Any]) -> None:
+    from .exceptions import BatchInFlight
+
+    refused = (
+        queryset.model.objects.filter(pk__in=queryset.order_by().values("pk"))
+        .filter(_undeletable())
+        .only("pk", "status", "results_fetched_at", "provider_batch_id")
+        .order_by("pk")
+        .first()
+    )
+    if refused is not None:
+        raise BatchInFlight(f"Batch {refused.pk} cannot be deleted: {refused.delete_refusal}.")
 
 
 class ModelCompletionBatch(models.Model):
@@ -208,6 +231,11 @@ class ModelCompletionBatch(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Delete with the batch's completions, unless the row (as stored now) may not go."""
+        refuse_undeletable(type(self).objects.filter(pk=self.pk))
+        return super().delete(*args, **kwargs)
 
     @property
     def can_delete(self) -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -185,6 +185,21 @@ class ModelCompletionBatchAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return BatchChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
+    ) -> tuple[QuerySet[Any], bool]:
+        """Provider ids and names match exactly (both indexed), the label by substring.
+
+        Django's default runs a case-insensitive substring match on every search field; on
+        100,000 batches three such matches cost several times one.
+        """
+        term = search_term.strip().strip('"').strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(
+            Q(provider_batch_id=term) | Q(provider_batch_name=term) | Q(name__icontains=term)
+        ), False
 
     def get_paginator(
         self, request: HttpRequest, queryset: Any, per_page: int, *args: Any, **kwargs: Any

@@ -12,6 +12,9 @@ alone is a sequential scan of seconds. So:
   exactly; across batches the count stops at ``WIDE_COUNT_LIMIT`` and reads "10,000+".
 - **Pages stop where the count stops**: a deep ``OFFSET`` reads every skipped row, so the pages
   offered end with the counted rows; to go further, filter (by batch, by status).
+- **Deep pages read ids first**: past ``KEYS_FIRST_AFTER`` rows, a page's ids are read with
+  ``OFFSET`` from the index alone (an index-only scan), then its rows by id; an ``OFFSET`` over
+  whole rows would fetch every skipped row from the table.
 - **Large columns stay in the database**: the lists defer payloads and request JSON.
 """
 
@@ -45,6 +48,8 @@ COMPLETION_LIST_DEFERRED = (
 BATCH_COUNT_LIMIT = 100_000
 #: Rows counted at most for any other list (100 pages of 100).
 WIDE_COUNT_LIMIT = 10_000
+#: Offset from which a page reads its ids first, then its rows.
+KEYS_FIRST_AFTER = 1_000
 
 
 def estimated_rows(queryset: QuerySet[Any]) -> int | None:
@@ -88,6 +93,16 @@ class BoundedCountPaginator(Paginator):
             self.capped = True
             return self.count_limit
         return counted
+
+    def page(self, number: Any) -> Any:
+        page = super().page(number)
+        bottom = (page.number - 1) * self.per_page
+        if bottom >= KEYS_FIRST_AFTER and isinstance(page.object_list, QuerySet):
+            ids = list(
+                self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page]
+            )
+            page.object_list = self.object_list.filter(pk__in=ids)
+        return page
 
     @cached_property
     def num_pages(self) -> int:

@@ -60,7 +60,8 @@ class ModelFilter(ValueFilter):
 
     def known_values(self) -> list[str]:
         try:
-            priced = list(pricing_table())
+            # Keys with a wildcard are patterns for model families, not model names.
+            priced = [name for name in pricing_table() if "*" not in name]
         except Exception:  # a malformed PRICES setting is reported by the checks, not here
             priced = []
         recent = ModelCompletionBatch.objects.order_by("-created_at", "-pk").values_list(
