@@ -695,3 +695,46 @@ def test_deletable_is_the_same_rule_as_can_delete() -> None:
     ModelCompletionBatch.objects.deletable().delete()
     assert not ModelCompletion.objects.filter(batch_id__in=deletable).exists()
     assert ModelCompletionBatch.objects.count() == len(batches) - len(deletable)
+
+
+# --- Django versions ------------------------------------------------------------------------
+
+
+def test_the_batch_page_and_its_buttons_warn_of_nothing_deprecated(
+    admin_client: Client, emulator: Any
+) -> None:
+    """Django 6.1 deprecates indexing and unpacking the entries of ``get_actions()``."""
+    import warnings
+
+    batch = make_batch(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        page = admin_client.get(batch_url(batch.pk))
+        admin_client.post(run_url(batch.pk, "submit_action"))
+        admin_client.get(BATCHES)
+    assert [a["name"] for a in page.context["raif_actions"]][:1] == ["submit_action"]
+    assert ModelCompletionBatch.objects.get(pk=batch.pk).status == "submitted"
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+    ]
+    assert deprecated == []
+
+
+def test_action_entries_are_read_by_attribute_where_django_has_them() -> None:
+    from raif_batches.admin.object_actions import action_parts
+
+    class Action:  # the shape of Django 6.1's entries; indexing them warns
+        func = staticmethod(len)
+        name = "length"
+        description = "Length"
+
+        def __getitem__(self, index: int) -> Any:
+            raise AssertionError("indexed")
+
+        def __iter__(self) -> Any:
+            raise AssertionError("unpacked")
+
+    assert action_parts(Action()) == (len, "Length")
+    assert action_parts((len, "length", "Length")) == (len, "Length")  # Django 5.2 and 6.0
