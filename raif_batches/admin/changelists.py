@@ -80,9 +80,13 @@ class BoundedCountPaginator(Paginator):
         self.estimated = False
         self.capped = False
 
+    @property
+    def queryset(self) -> QuerySet[Any]:
+        return self.object_list  # type: ignore[return-value]  # the admin passes a QuerySet
+
     @cached_property
     def count(self) -> int:
-        queryset = self.object_list
+        queryset = self.queryset
         if not queryset.query.where:
             estimate = estimated_rows(queryset)
             if estimate is not None and estimate > self.count_limit:
@@ -99,9 +103,9 @@ class BoundedCountPaginator(Paginator):
         bottom = (page.number - 1) * self.per_page
         if bottom >= KEYS_FIRST_AFTER and isinstance(page.object_list, QuerySet):
             ids = list(
-                self.object_list.values_list("pk", flat=True)[bottom : bottom + self.per_page]
+                self.queryset.values_list("pk", flat=True)[bottom : bottom + self.per_page]
             )
-            page.object_list = self.object_list.filter(pk__in=ids)
+            page.object_list = self.queryset.filter(pk__in=ids)
         return page
 
     @cached_property

@@ -33,8 +33,9 @@ class ValueFilter(admin.SimpleListFilter):
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         values = set(self.known_values())
-        if self.value():
-            values.add(self.value())  # a value typed into the URL stays visible and clearable
+        selected = self.value()
+        if selected:
+            values.add(selected)  # a value typed into the URL stays visible and clearable
         return [(value, value) for value in sorted(values)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:

@@ -52,7 +52,6 @@ class ObjectActionsMixin:
     opts: Any
     admin_site: Any
     get_actions: Callable[..., Any]
-    get_object: Callable[..., Any]
     get_queryset: Callable[..., Any]
     has_view_or_change_permission: Callable[..., bool]
 
