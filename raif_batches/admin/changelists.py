@@ -102,9 +102,7 @@ class BoundedCountPaginator(Paginator):
         page = super().page(number)
         bottom = (page.number - 1) * self.per_page
         if bottom >= KEYS_FIRST_AFTER and isinstance(page.object_list, QuerySet):
-            ids = list(
-                self.queryset.values_list("pk", flat=True)[bottom : bottom + self.per_page]
-            )
+            ids = list(self.queryset.values_list("pk", flat=True)[bottom : bottom + self.per_page])
             page.object_list = self.queryset.filter(pk__in=ids)
         return page
 
