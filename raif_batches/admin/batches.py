@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db.models import Count, Q, QuerySet, Sum
@@ -31,7 +32,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
-from django.utils.translation import ngettext
+from django.utils.translation import gettext, ngettext
 
 from ..exceptions import BatchInFlight
 from ..models import (
@@ -274,6 +275,18 @@ class ModelCompletionBatchAdmin(ObjectActionsMixin, admin.ModelAdmin):
             self.message_user(request, f"Nothing was deleted: {error}", messages.ERROR)
 
     # -- list columns --------------------------------------------------------------------------
+
+    def action_checkbox(self, obj: Any) -> SafeString:
+        """Django's checkbox markup, without rendering a form widget template on every row.
+
+        The widget's template rendering was a fifth of the 100-row list's time.
+        """
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.pk,
+            format_html(gettext("Select this object for an action - {}"), str(obj)),
+        )
 
     @admin.display(description="batch", ordering="pk")
     def display_name(self, obj: ModelCompletionBatch) -> SafeString:
