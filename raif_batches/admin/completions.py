@@ -8,8 +8,9 @@
   sort is offered: any other order would sort millions of rows for one page.
 - **Bounded counts** (``changelists``): an estimate for the whole table, an exact count within a
   batch, a capped one otherwise.
-- **Search within a batch.** Custom ids are unique per batch and indexed with it; a search across
-  every batch would read the whole table, so the list asks for a batch first.
+- **Search within a batch, by exact custom id.** Custom ids are unique per batch and indexed with
+  it; a substring search, or one across every batch, would read every row it covers, so the
+  list asks for a batch first and matches the whole id.
 - **Model output is text.** Answers and payloads are escaped, in ``<pre>`` on the page and cut
   by CSS in the list with the whole answer in the tooltip.
 """
@@ -67,7 +68,7 @@ class ModelCompletionAdmin(admin.ModelAdmin):
     sortable_by = ()
     list_filter = (BatchFilter, "status", ("completed_at", admin.DateFieldListFilter))
     search_fields = ("batch_custom_id",)
-    search_help_text = "Search by custom id within the selected batch."
+    search_help_text = "Search by exact custom id within the selected batch."
     list_per_page = 100
     # The unfiltered total would count every completion of every batch on each page view.
     show_full_result_count = False
@@ -162,7 +163,12 @@ class ModelCompletionAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
             return queryset.none(), False
-        return super().get_search_results(request, queryset, search_term)
+        term = search_term.strip().strip('"').strip()
+        if not term:
+            return queryset, False
+        # Exact: one probe of the unique (batch, custom id) index; a substring match would read
+        # every completion of the batch.
+        return queryset.filter(batch_custom_id=term), False
 
     @admin.display(description="batch")
     def batch_link(self, obj: Any) -> SafeString:
