@@ -39,6 +39,14 @@ class BatchStateError(RaifBatchesError, ValueError):
     """The batch is not in a state that allows the operation (e.g. submitting an ended batch)."""
 
 
+class BatchInFlight(BatchStateError):
+    """A delete was refused: the batch is at the provider, or its paid results are unread.
+
+    Deleting it would leave a paid provider batch running with no owner (or throw away results
+    already billed). Cancel it, let it settle and fetch its results, then delete it.
+    """
+
+
 class ProviderError(RaifBatchesError, requests.HTTPError):
     """The provider answered with an error, or could not be reached within the retry policy.
 

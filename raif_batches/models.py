@@ -46,6 +46,16 @@ TERMINAL_STATUSES = frozenset(
 IN_FLIGHT_STATUSES = frozenset(
     {BatchStatus.SUBMITTED, BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING}
 )
+#: Statuses in which a paid provider batch may exist and still be running: never deletable.
+#: ``submitting`` is included because the create call may be on the wire (or its answer lost).
+AT_PROVIDER_STATUSES = IN_FLIGHT_STATUSES | {BatchStatus.SUBMITTING}
+
+
+def _undeletable() -> Q:
+    """Batches whose deletion would lose paid work, as one condition (see ``can_delete``)."""
+    return Q(status__in=AT_PROVIDER_STATUSES) | (
+        Q(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True) & ~Q(provider_batch_id="")
+    )
 
 
 class CompletionStatus(models.TextChoices):
@@ -78,6 +88,27 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
             | Q(status=BatchStatus.SUBMITTING)
         )
 
+    def deletable(self) -> ModelCompletionBatchQuerySet:
+        """Batches that may be deleted: nothing runs at the provider, no paid result is unread.
+
+        The one statement of the rule; ``ModelCompletionBatch.can_delete`` is the same rule for
+        one row, and the ``pre_delete`` guard in ``signals`` enforces it for every delete.
+        """
+        return self.exclude(_undeletable())
+
+    def undeletable(self) -> ModelCompletionBatchQuerySet:
+        return self.filter(_undeletable())
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete, or raise ``BatchInFlight`` before anything is touched if any batch may not go.
+
+        The check runs before Django's delete transaction opens, so a caller that catches the
+        error can go on using its own transaction; the ``pre_delete`` guard still covers a
+        batch whose status changes between this check and the delete.
+        """
+        refuse_undeletable(self)
+        return super().delete()
+
     def awaiting_harvest(self) -> ModelCompletionBatchQuerySet:
         """Terminal batches whose results have not been fetched yet."""
         return self.filter(status__in=TERMINAL_STATUSES, results_fetched_at__isnull=True)
@@ -88,6 +119,20 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
             handler_called_at__isnull=True,
             handler_gave_up=False,
         ).exclude(handler="")
+
+
+def refuse_undeletable(queryset: models.QuerySet[Any]) -> None:
+    from .exceptions import BatchInFlight
+
+    refused = (
+        queryset.model.objects.filter(pk__in=queryset.order_by().values("pk"))
+        .filter(_undeletable())
+        .only("pk", "status", "results_fetched_at", "provider_batch_id")
+        .order_by("pk")
+        .first()
+    )
+    if refused is not None:
+        raise BatchInFlight(f"Batch {refused.pk} cannot be deleted: {refused.delete_refusal}.")
 
 
 class ModelCompletionBatch(models.Model):
@@ -207,6 +252,8 @@ class ModelCompletionBatch(models.Model):
                 condition=Q(results_fetched_at__isnull=True),
                 name="raif_batch_unharvested",
             ),
+            # The admin's batch list: newest first, one page read straight off the index.
+            models.Index(fields=("created_at", "id"), name="raif_batch_created_id"),
         )
 
     def __str__(self) -> str:
@@ -216,6 +263,31 @@ class ModelCompletionBatch(models.Model):
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
+
+    def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
+        """Delete with the batch's completions, unless the row (as stored now) may not go."""
+        refuse_undeletable(type(self).objects.filter(pk=self.pk))
+        return super().delete(*args, **kwargs)
+
+    @property
+    def can_delete(self) -> bool:
+        """Whether deleting this batch loses nothing paid (the rule of ``deletable()``)."""
+        return self.delete_refusal is None
+
+    @property
+    def delete_refusal(self) -> str | None:
+        """Why this batch may not be deleted now, in an operator's words; None if it may."""
+        if self.status in AT_PROVIDER_STATUSES:
+            return (
+                f"it is {self.get_status_display().lower()} at the provider: the paid provider "
+                "batch keeps running; cancel it first and delete it once it has settled"
+            )
+        if self.is_terminal and self.results_fetched_at is None and self.provider_batch_id:
+            return (
+                "its results have not been fetched yet: the provider has billed them; fetch the "
+                "results first and delete it afterwards"
+            )
+        return None
 
     @property
     def age(self) -> timedelta:
@@ -329,6 +401,9 @@ class ModelCompletion(models.Model):
         )
         indexes = (
             models.Index(fields=("batch", "status"), name="raif_completion_batch_status"),
+            # One batch's completions in request order (admin list, exports): a page is read
+            # off this index instead of walking the primary key past other batches' rows.
+            models.Index(fields=("batch", "id"), name="raif_completion_batch_id"),
             models.Index(
                 fields=("source_content_type", "source_object_id"), name="raif_completion_source"
             ),

@@ -10,8 +10,33 @@
     completions that page finished, so a 50,000-line batch sends one signal per page, not per row.
 """
 
-from django.dispatch import Signal
+from typing import Any
+
+from django.db.models.signals import pre_delete
+from django.dispatch import Signal, receiver
 
 batch_submitted = Signal()
 batch_finished = Signal()
 completions_finished = Signal()
+
+
+# --- the delete guard ---------------------------------------------------------------------------
+# Every delete of a batch, whatever its path (the admin, ``Model.delete()``, ``QuerySet.delete()``)
+# sends ``pre_delete`` for each batch row: Django cannot fast-delete a model that has a receiver.
+# The receiver re-reads the row under a lock inside the delete's own transaction, so a worker that
+# commits ``submitting`` first makes the delete fail, and one that comes after finds no row.
+@receiver(pre_delete, sender="raif_batches.ModelCompletionBatch", dispatch_uid="raif_delete_guard")
+def refuse_deleting_batches_in_flight(sender: Any, instance: Any, **kwargs: Any) -> None:
+    from .exceptions import BatchInFlight
+
+    current = (
+        sender.objects.select_for_update()
+        .filter(pk=instance.pk)
+        .only("pk", "status", "results_fetched_at", "provider_batch_id")
+        .first()
+    )
+    if current is None:
+        return
+    refusal = current.delete_refusal
+    if refusal is not None:
+        raise BatchInFlight(f"Batch {instance.pk} cannot be deleted: {refusal}.")

@@ -21,6 +21,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from raif_batches.exceptions import BatchInFlight, BatchStateError
 from raif_batches.models import ModelCompletion, ModelCompletionBatch
 
 from .helpers import make_batch, run_to_end, user
@@ -268,8 +269,12 @@ def test_completion_list_of_a_50000_batch_stays_within_10_queries(
     assert response.context["cl"].result_count == 50_000
     assert len(response.context["cl"].result_list) == 100
     assert f"#{batch.pk} Big one" in response.content.decode()  # the batch filter's one choice
-    response = admin_client.get(COMPLETIONS, {"q": "row-04242"})
+    response = admin_client.get(COMPLETIONS, {"batch": batch.pk, "q": "row-04242"})
     assert [c.batch_custom_id for c in response.context["cl"].result_list] == ["row-04242"]
+    # Across every batch a search would read the whole table: the list asks for a batch.
+    response = admin_client.get(COMPLETIONS, {"q": "row-04242"})
+    assert list(response.context["cl"].result_list) == []
+    assert any("Choose a batch first" in text for text in texts(response))
 
 
 def test_delete_confirmation_summarises_instead_of_listing_completions(
@@ -552,3 +557,184 @@ def test_model_output_and_names_are_escaped_everywhere(admin_client: Client, emu
     assert '<pre class="raif-pre raif-wrap">Here you go: &lt;script&gt;' in page
     assert "{\n  &quot;html&quot;: &quot;&lt;script&gt;" in page
     assert "&quot;role&quot;: &quot;user&quot;" in page
+
+
+# --- deletion -------------------------------------------------------------------------------
+
+IN_FLIGHT = (
+    "the paid provider batch keeps running; cancel it first and delete it once it has settled"
+)
+
+
+def batch_in(status: str, *, fetched: bool = False, provider_id: str = "batch_x") -> Any:
+    """A batch of 3 requests put straight into ``status`` (an update sends no signals)."""
+    batch = make_batch(3)
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(
+        status=status,
+        provider_batch_id=provider_id,
+        results_fetched_at=timezone.now() if fetched else None,
+    )
+    batch.refresh_from_db()
+    return batch
+
+
+def delete_url(pk: int) -> str:
+    return reverse("admin:raif_batches_modelcompletionbatch_delete", args=[pk])
+
+
+@pytest.mark.parametrize("status", ["submitting", "submitted", "in_progress", "cancelling"])
+def test_a_batch_at_the_provider_is_not_deleted_from_its_page(
+    admin_client: Client, status: str
+) -> None:
+    batch = batch_in(status)
+    page = admin_client.get(delete_url(batch.pk))
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert "This batch cannot be deleted" in html
+    assert IN_FLIGHT in html
+    assert 'name="post"' not in html  # no confirm button to press
+    admin_client.post(delete_url(batch.pk), {"post": "yes"})
+    assert ModelCompletionBatch.objects.filter(pk=batch.pk).exists()
+    assert ModelCompletion.objects.filter(batch_id=batch.pk).count() == 3
+
+
+def test_unfetched_paid_results_are_not_deleted(admin_client: Client) -> None:
+    batch = batch_in("ended")
+    html = admin_client.get(delete_url(batch.pk)).content.decode()
+    assert "its results have not been fetched yet" in html
+    admin_client.post(delete_url(batch.pk), {"post": "yes"})
+    assert ModelCompletion.objects.filter(batch_id=batch.pk).count() == 3
+    # A submission the provider refused has nothing to fetch: it may go.
+    refused = batch_in("failed", provider_id="")
+    assert refused.can_delete
+    refused.delete()
+    assert not ModelCompletion.objects.filter(batch_id=refused.pk).exists()
+
+
+def test_delete_selected_refuses_the_whole_selection_with_each_reason(
+    admin_client: Client,
+) -> None:
+    running = batch_in("in_progress")
+    settled = batch_in("ended", fetched=True)
+    page = run_action(admin_client, "delete_selected", running, settled)
+    html = page.content.decode()
+    assert "Nothing was deleted" in html and IN_FLIGHT in html
+    assert f"#{running.pk} " in html and f"#{settled.pk} " not in html
+    admin_client.post(
+        BATCHES,
+        {
+            "action": "delete_selected",
+            "_selected_action": [running.pk, settled.pk],
+            "post": "yes",
+        },
+    )
+    assert ModelCompletionBatch.objects.filter(pk__in=[running.pk, settled.pk]).count() == 2
+    assert ModelCompletion.objects.filter(batch__in=[running, settled]).count() == 6
+
+
+def test_delete_pages_count_the_completion_rows_not_the_provider_counters(
+    admin_client: Client,
+) -> None:
+    # The provider has not counted anything yet; the three stored rows still go with the batch.
+    batch = batch_in("pending", provider_id="")
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(
+        request_counts={"total": 0, "pending": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    )
+    html = admin_client.get(delete_url(batch.pk)).content.decode()
+    assert "<li>Model completions: 3</li>" in html
+    other = batch_in("canceled", fetched=True)
+    html = run_action(admin_client, "delete_selected", batch, other).content.decode()
+    assert "<li>Model completions: 6</li>" in html
+    admin_client.post(
+        BATCHES,
+        {"action": "delete_selected", "_selected_action": [batch.pk, other.pk], "post": "yes"},
+    )
+    assert not ModelCompletionBatch.objects.filter(pk__in=[batch.pk, other.pk]).exists()
+    assert not ModelCompletion.objects.filter(batch_id__in=[batch.pk, other.pk]).exists()
+
+
+@pytest.mark.parametrize("status", ["submitting", "submitted", "in_progress", "cancelling"])
+def test_the_orm_refuses_to_delete_a_batch_at_the_provider(status: str) -> None:
+    batch = batch_in(status)
+    assert not batch.can_delete
+    with pytest.raises(BatchInFlight, match="cancel it first"):
+        batch.delete()
+    with pytest.raises(BatchInFlight, match=f"Batch {batch.pk} cannot be deleted"):
+        ModelCompletionBatch.objects.filter(pk=batch.pk).delete()
+    assert ModelCompletionBatch.objects.filter(pk=batch.pk).exists()
+    assert ModelCompletion.objects.filter(batch_id=batch.pk).count() == 3
+    assert isinstance(BatchInFlight("x"), BatchStateError)
+
+
+def test_a_stale_instance_is_checked_against_the_row() -> None:
+    batch = batch_in("pending", provider_id="")
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(status="submitting")
+    assert batch.can_delete  # what this stale copy believes
+    with pytest.raises(BatchInFlight):
+        batch.delete()
+    assert ModelCompletion.objects.filter(batch_id=batch.pk).count() == 3
+
+
+def test_deletable_is_the_same_rule_as_can_delete() -> None:
+    batches = [
+        batch_in(status, fetched=fetched, provider_id=provider_id)
+        for status in [choice for choice, _ in ModelCompletionBatch.Status.choices]
+        for fetched in (False, True)
+        for provider_id in ("", "batch_x")
+    ]
+    deletable = set(ModelCompletionBatch.objects.deletable().values_list("pk", flat=True))
+    assert deletable == {b.pk for b in batches if b.can_delete}
+    assert {b.status for b in batches if b.pk in deletable} == {
+        "pending",
+        "ended",
+        "canceled",
+        "expired",
+        "failed",
+    }
+    # Settled batches go with their completions, whatever the path.
+    ModelCompletionBatch.objects.deletable().delete()
+    assert not ModelCompletion.objects.filter(batch_id__in=deletable).exists()
+    assert ModelCompletionBatch.objects.count() == len(batches) - len(deletable)
+
+
+# --- Django versions ------------------------------------------------------------------------
+
+
+def test_the_batch_page_and_its_buttons_warn_of_nothing_deprecated(
+    admin_client: Client, emulator: Any
+) -> None:
+    """Django 6.1 deprecates indexing and unpacking the entries of ``get_actions()``."""
+    import warnings
+
+    batch = make_batch(2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        page = admin_client.get(batch_url(batch.pk))
+        admin_client.post(run_url(batch.pk, "submit_action"))
+        admin_client.get(BATCHES)
+    assert [a["name"] for a in page.context["raif_actions"]][:1] == ["submit_action"]
+    assert ModelCompletionBatch.objects.get(pk=batch.pk).status == "submitted"
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+    ]
+    assert deprecated == []
+
+
+def test_action_entries_are_read_by_attribute_where_django_has_them() -> None:
+    from raif_batches.admin.object_actions import action_parts
+
+    class Action:  # the shape of Django 6.1's entries; indexing them warns
+        func = staticmethod(len)
+        name = "length"
+        description = "Length"
+
+        def __getitem__(self, index: int) -> Any:
+            raise AssertionError("indexed")
+
+        def __iter__(self) -> Any:
+            raise AssertionError("unpacked")
+
+    assert action_parts(Action()) == (len, "Length")
+    assert action_parts((len, "length", "Length")) == (len, "Length")  # Django 5.2 and 6.0

@@ -2,8 +2,9 @@
 
 What only a browser can prove: the login form works, the pages render with their styles, an
 action button changes what the operator sees, and a ``<script>`` inside a model's answer is
-shown as text and never runs. With ``RAIF_SCREENSHOTS=1`` the run also rewrites the two
-screenshots under ``docs/`` (off by default, so CI runs leave the tree clean).
+shown as text and never runs, and both lists fit a 1440 px screen with the sidebar open, in the
+light and the dark theme. With ``RAIF_SCREENSHOTS=1`` the run also rewrites the screenshots under
+``docs/`` (off by default, so CI runs leave the tree clean).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+#: A common laptop screen; the admin's navigation sidebar is open at this width.
+WIDTH = 1440
 PASSWORD = "correct horse battery staple"
 XSS_ANSWER = (
     'Sure! <script>window.__xss = 1; document.title = "pwned"</script>'
@@ -72,7 +75,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, live_server: Any) -> Iterator[Any]:
     context = browser.new_context(
-        viewport={"width": 1600, "height": 900}, base_url=str(live_server)
+        viewport={"width": WIDTH, "height": 900}, base_url=str(live_server)
     )
     tab = context.new_page()
     tab.set_default_timeout(15_000)
@@ -208,3 +211,96 @@ def test_batch_page_and_script_in_an_answer_never_runs(page: Any, emulator: Any)
 
 def _done(label: str) -> int:
     return int(label.split("/")[0].replace(",", "").strip())
+
+
+def right_edge(page: Any, selector: str) -> float:
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None, f"{selector} is not rendered"
+    return float(box["x"] + box["width"])
+
+
+def fits_without_scrolling(page: Any) -> None:
+    """The result table is wholly inside its box: Django clips it and scrolls sideways."""
+    box = page.locator("#changelist .results")
+    assert box.evaluate("(el) => el.scrollWidth <= el.clientWidth"), box.evaluate(
+        "(el) => [el.scrollWidth, el.clientWidth]"
+    )
+
+
+def test_both_lists_fit_1440_pixels_with_the_sidebar_open(page: Any, emulator: Any) -> None:
+    batches = realistic_batches(emulator)
+    triage = batches["triage"]
+    log_in(page)
+
+    page.goto("/admin/raif_batches/modelcompletionbatch/")
+    page.wait_for_selector("#result_list")
+    assert page.locator("#nav-sidebar").is_visible()
+    assert page.locator("#changelist-filter").is_visible()
+    visible = right_edge(page, "#changelist .results")
+    for column in ("created", "submitted", "ended"):
+        assert right_edge(page, f"#result_list th.column-{column}") <= visible, column
+    fits_without_scrolling(page)
+    screenshot(page, "admin-batch-list.png")
+
+    # The batch page's link opens the completions of that batch, with the batch filter shown.
+    page.goto(f"/admin/raif_batches/modelcompletionbatch/{triage.pk}/change/")
+    page.click("a.raif-completions-link")
+    page.wait_for_selector("#result_list")
+    selected = page.locator("#changelist-filter li.selected", has_text=f"#{triage.pk} ")
+    assert selected.count() == 1
+    visible = right_edge(page, "#changelist .results")
+    assert right_edge(page, "#result_list th.column-answer_preview") <= visible
+    fits_without_scrolling(page)
+    answer = ModelCompletion.objects.get(batch=triage, batch_custom_id="req-007")
+    clipped = page.locator("#result_list tr:has-text('req-007') .field-answer_preview .raif-clip")
+    assert clipped.get_attribute("title") == " ".join(answer.raw_response.split())
+    screenshot(page, "admin-completion-list.png")
+
+    # Any batch can be chosen by its id from the sidebar, without a list of batches.
+    page.goto("/admin/raif_batches/modelcompletion/")
+    page.fill("#raif-batch-id", str(triage.pk))
+    with page.expect_navigation():
+        page.press("#raif-batch-id", "Enter")
+    assert page.locator("#result_list tbody tr").count() == 49
+
+
+def track_colour(page: Any) -> str:
+    return str(
+        page.evaluate(
+            "() => getComputedStyle(document.querySelector('.raif-progress')).backgroundColor"
+        )
+    )
+
+
+def test_the_empty_progress_track_shows_in_the_dark_themes(
+    browser: Any, live_server: Any, emulator: Any
+) -> None:
+    make_batch(5, name="Waiting to be submitted")
+    User.objects.create_superuser("operator", "operator@example.com", PASSWORD)
+    for scheme, theme in (("dark", None), ("light", "dark")):
+        context = browser.new_context(
+            viewport={"width": WIDTH, "height": 900},
+            base_url=str(live_server),
+            color_scheme=scheme,
+        )
+        tab = context.new_page()
+        try:
+            log_in_as_existing(tab)
+            if theme:  # Django's theme toggle keeps the choice in localStorage
+                tab.evaluate(f"() => localStorage.setItem('theme', '{theme}')")
+            tab.goto("/admin/raif_batches/modelcompletionbatch/")
+            tab.wait_for_selector(".raif-progress")
+            assert track_colour(tab) == "rgb(75, 85, 99)", (scheme, theme)
+            if scheme == "dark":
+                screenshot(tab, "admin-batch-list-dark.png")
+            tab.wait_for_load_state("networkidle")
+        finally:
+            context.close()
+
+
+def log_in_as_existing(page: Any) -> None:
+    page.goto("/admin/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#site-name")

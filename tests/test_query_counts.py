@@ -122,3 +122,150 @@ def test_create_batch_queries_grow_with_insert_chunks_not_rows(
     one_row, one_chunk, three_chunks = created(1), created(10), created(25)
     assert one_row == one_chunk
     assert three_chunks == one_chunk + 2
+
+
+# --- admin pages --------------------------------------------------------------------------------
+# Issue 13's targets at row counts CI can afford: every page within 10 statements whatever batch
+# is opened, no DISTINCT scan for filter choices, and no COUNT that reads every row of the
+# completions table (counts are estimated or bounded by a LIMIT).
+
+ADMIN_BATCHES = 2_000
+ADMIN_BIG_BATCHES = 10
+ADMIN_PER_BIG_BATCH = 2_000
+
+
+def admin_data() -> list[int]:
+    """2,000 batches; ten of them (the oldest to the newest) hold 2,000 completions each."""
+    from django.utils import timezone
+
+    from raif_batches.models import ModelCompletion
+
+    now = timezone.now()
+    statuses = [choice for choice, _ in ModelCompletionBatch.Status.choices]
+    ModelCompletionBatch.objects.bulk_create(
+        (
+            ModelCompletionBatch(
+                name=f"Nightly {i}",
+                provider="xai",
+                model=("grok-4.3", "grok-3-mini")[i % 2],
+                status=statuses[i % len(statuses)],
+                provider_batch_id=f"batch_{i:06d}",
+                created_at=now,
+            )
+            for i in range(ADMIN_BATCHES)
+        ),
+        batch_size=1000,
+    )
+    ids = list(ModelCompletionBatch.objects.order_by("pk").values_list("pk", flat=True))
+    step = len(ids) // ADMIN_BIG_BATCHES
+    big = [ids[i * step] for i in range(ADMIN_BIG_BATCHES - 1)] + [ids[-1]]
+    ModelCompletion.objects.bulk_create(
+        (
+            ModelCompletion(
+                batch_id=pk,
+                batch_custom_id=f"row-{n:05d}",
+                messages=user(f"Q{n}"),
+                status="failed" if n % 50 == 0 else "completed",
+                raw_response=f"Answer {n}",
+            )
+            for pk in big
+            for n in range(ADMIN_PER_BIG_BATCH)
+        ),
+        batch_size=5000,
+    )
+    return big
+
+
+def admin_pages(big: list[int]) -> list[tuple[str, str]]:
+    from django.urls import reverse
+
+    from raif_batches.models import ModelCompletion
+
+    batches = reverse("admin:raif_batches_modelcompletionbatch_changelist")
+    completions = reverse("admin:raif_batches_modelcompletion_changelist")
+    empty = ModelCompletionBatch.objects.exclude(pk__in=big).values_list("pk", flat=True)[0]
+    one = ModelCompletion.objects.filter(batch_id=big[-1]).values_list("pk", flat=True)[0]
+
+    def batch(pk: int, view: str = "change") -> str:
+        return reverse(f"admin:raif_batches_modelcompletionbatch_{view}", args=[pk])
+
+    pages = [
+        ("batch list", batches),
+        ("batch list by status", f"{batches}?status__exact=ended"),
+        ("batch list by provider", f"{batches}?provider=xai"),
+        ("batch list by model", f"{batches}?model=grok-3-mini"),
+        ("batch list search", f"{batches}?q=batch_000042"),
+        ("batch list, last page", f"{batches}?p=19"),
+        ("empty batch page", batch(empty)),
+        ("empty batch delete page", batch(empty, "delete")),
+        ("completion list", completions),
+        ("completion list by status", f"{completions}?status__exact=failed"),
+        ("completion page", reverse("admin:raif_batches_modelcompletion_change", args=[one])),
+    ]
+    for pk in (big[0], big[-1]):
+        pages += [
+            (f"batch page {pk}", batch(pk)),
+            (f"delete page {pk}", batch(pk, "delete")),
+            (f"completions of {pk}", f"{completions}?batch={pk}"),
+            (f"failed of {pk}", f"{completions}?batch={pk}&status__exact=failed"),
+            (f"completions of {pk}, last page", f"{completions}?batch={pk}&p=19"),
+            (f"search in {pk}", f"{completions}?batch={pk}&q=row-01234"),
+        ]
+    return pages
+
+
+def test_every_admin_page_stays_within_10_queries_whatever_batch_is_opened(
+    admin_client: Any,
+) -> None:
+    big = admin_data()
+    for label, url in admin_pages(big):
+        admin_client.get(url)  # the session and content types, cached from here on
+        with CaptureQueriesContext(connection) as context:
+            response = admin_client.get(url)
+        assert response.status_code == 200, (label, response.status_code)
+        statements = [query["sql"] for query in context.captured_queries]
+        assert len(statements) <= 10, (label, len(statements), statements)
+        for sql in statements:
+            upper = sql.upper()
+            # Filter choices are never found by scanning for distinct values.
+            assert "DISTINCT" not in upper, (label, sql)
+            # A count of completions is an estimate (pg_class) or stops at a LIMIT.
+            if "COUNT(" in upper and 'RAIF_BATCHES_MODELCOMPLETION"' in upper:
+                assert "LIMIT" in upper or "GROUP BY" in upper, (label, sql)
+
+
+def test_admin_lists_offer_only_the_sorts_an_index_serves(admin_client: Any) -> None:
+    from django.urls import reverse
+
+    admin_data()
+    batches = admin_client.get(reverse("admin:raif_batches_modelcompletionbatch_changelist"))
+    sortable = {
+        header["text"] for header in batches.context["result_headers"] if header["sortable"]
+    }
+    assert sortable == {"batch", "created"}  # the primary key and (created_at, id)
+    completions = admin_client.get(reverse("admin:raif_batches_modelcompletion_changelist"))
+    assert not [h for h in completions.context["result_headers"] if h["sortable"]]
+    # Asking for a sort by a column anyway (?o=) is ignored, not served by a full sort.
+    cost_column = 5
+    response = admin_client.get(
+        reverse("admin:raif_batches_modelcompletionbatch_changelist"), {"o": cost_column}
+    )
+    ordering = response.context["cl"].queryset.query.order_by
+    assert "total_cost" not in " ".join(map(str, ordering)), ordering
+
+
+def test_admin_list_queries_do_not_grow_with_rows(admin_client: Any) -> None:
+    from django.urls import reverse
+
+    completions = reverse("admin:raif_batches_modelcompletion_changelist")
+
+    def queries_at(url: str) -> int:
+        admin_client.get(url)
+        with CaptureQueriesContext(connection) as context:
+            admin_client.get(url)
+        return len(context.captured_queries)
+
+    small = make_batch(3)
+    before = queries_at(f"{completions}?batch={small.pk}")
+    big = admin_data()
+    assert queries_at(f"{completions}?batch={big[-1]}") == before
