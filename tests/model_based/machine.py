@@ -68,6 +68,16 @@ MAX_PROCESS_RULES = 3
 MAX_SLOW_WORKERS = 1
 SETTLE_ROUNDS = 8
 SKEWS = (0.0, 0.0, 130.0, 400.0, -400.0)
+#: The command whose run calls an endpoint first.
+MEETS = {
+    "create_batch": "submit_batches",
+    "upload_file": "submit_batches",
+    "list_batches": "submit_batches",
+    "get_batch": "poll_batches --force",
+    "list_results": "poll_batches --force",
+    "cancel_batch": "cancel",
+}
+IN_PROCESS_COMMANDS = ("submit_batches", "poll_batches --force", "harvest_batches", "cancel")
 COMMANDS = ("submit_batches", "poll_batches --force", "poll_batches", "harvest_batches", "cancel")
 #: Invariants whose violations are counted but do not stop the history (comma-separated names,
 #: e.g. ``RAIF_RANDOMIZED_TOLERATE=outcome,traceback``, or ``*`` for all): a long run then finds
@@ -148,9 +158,11 @@ class BatchHistory(RuleBasedStateMachine):
         self.check(invariants.leases_of(WORKER_ID))
 
     # -- rules: work ---------------------------------------------------------------------------
-    @initialize(good=st.integers(1, 4), bad=st.integers(0, 2))
-    def first_batch(self, good: int, bad: int) -> None:
+    @initialize(good=st.integers(1, 4), bad=st.integers(0, 2), sent=st.booleans())
+    def first_batch(self, good: int, bad: int, sent: bool) -> None:
         self.create(good, bad)
+        if sent:
+            self.submit_all()
 
     @precondition(lambda self: self.created < MAX_BATCHES)
     @rule(good=st.integers(1, 4), bad=st.integers(0, 2))
@@ -225,6 +237,27 @@ class BatchHistory(RuleBasedStateMachine):
         )
         tally.count(f"fault injected: {kind}")
         self.faults.append((kind, self.emulator.add_fault(recipe.build())))
+
+    @rule(
+        template=st.sampled_from(TEMPLATES),
+        endpoint=st.sampled_from(ENDPOINTS),
+        command=st.sampled_from(IN_PROCESS_COMMANDS),
+    )
+    def fault_then_command(self, template: Any, endpoint: str | None, command: str) -> None:
+        """A fault, then at once the command that calls its endpoint (a fault left for later
+        may be cleared by the settling before any call meets it); ``command`` serves a fault
+        on whichever call comes next."""
+        self.fault(template, endpoint)
+        args = self.args_of(MEETS.get(endpoint, command))
+        self.step(" ".join(args))
+        self.command(*args)
+
+    def args_of(self, command: str) -> tuple[str, ...]:
+        if command == "cancel":
+            live = ModelCompletionBatch.objects.exclude(status__in=("canceled", "ended", "failed"))
+            pk = live.values_list("pk", flat=True).first() or (self.batch_pks or [1])[0]
+            return ("cancel_batch", str(pk))
+        return tuple(command.split())
 
     @rule(switch=st.sampled_from(SWITCHES), draw=st.integers(0, 20))
     def quirk(self, switch: Any, draw: int) -> None:
@@ -351,13 +384,6 @@ class ProcessHistory(BatchHistory):
             elif outcome.returncode not in (0, -9):
                 tally.count(f"one-line failure: {outcome.run.args[0]}")
         self.check(invariants.duplicates(self.emulator))
-
-    def args_of(self, command: str) -> tuple[str, ...]:
-        if command == "cancel":
-            live = ModelCompletionBatch.objects.exclude(status__in=("canceled", "ended", "failed"))
-            pk = live.values_list("pk", flat=True).first() or (self.batch_pks or [1])[0]
-            return ("cancel_batch", str(pk))
-        return tuple(command.split())
 
     @precondition(lambda self: self.can_start())
     @rule(
