@@ -39,6 +39,14 @@ class BatchStateError(RaifBatchesError, ValueError):
     """The batch is not in a state that allows the operation (e.g. submitting an ended batch)."""
 
 
+class BatchBusy(BatchStateError):
+    """Another worker holds this batch's lease."""
+
+
+class DuplicateSubmission(BatchStateError):
+    """A second provider batch was found for a batch; it was cancelled and recorded."""
+
+
 class ProviderError(RaifBatchesError, requests.HTTPError):
     """The provider answered with an error, or could not be reached within the retry policy.
 
