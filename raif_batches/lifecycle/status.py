@@ -48,9 +48,9 @@ def cancel(
     now = db_now()
     with transaction.atomic():
         locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
-        if locked.is_terminal:
-            raise BatchStateError(f"Batch {locked.pk} is already {locked.status}.")
-        if locked.status == BatchStatus.SUBMITTING:
+        if not locked.can_cancel:
+            if locked.is_terminal:
+                raise BatchStateError(f"Batch {locked.pk} is already {locked.status}.")
             raise BatchStateError(
                 f"Batch {locked.pk} is being submitted; cancel it once it is submitted."
             )

@@ -389,27 +389,24 @@ def _abandon_submission(
     Only while the lease is still this worker's: otherwise another worker owns the batch
     and may have a create of its own in flight.
     """
-    with transaction.atomic():
-        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
-        if (
-            locked.status != BatchStatus.SUBMITTING
-            or locked.provider_batch_id
-            or locked.claimed_by != batch.claimed_by
-        ):
-            return
-        locked.status = BatchStatus.PENDING
-        locked.create_attempted_at = None
-        locked.create_ended_at = None
-        if reset_file:
-            locked.input_file_id = ""
-        kind = error.kind if isinstance(error, ProviderError) else FailureKind.INVALID_REQUEST
-        locked.failure_error = kind[:FAILURE_TEXT_LIMIT]
-        locked.failure_reason = str(error)
-        locked.save()
+    kind = error.kind if isinstance(error, ProviderError) else FailureKind.INVALID_REQUEST
+    _end_submission(batch, BatchStatus.PENDING, kind, str(error), reset_file=reset_file)
 
 
 def _fail_submission(batch: ModelCompletionBatch, error: ProviderError) -> None:
     """The provider refused the batch for good: failed, unless another worker owns it now."""
+    _end_submission(batch, BatchStatus.FAILED, error.kind, str(error))
+
+
+def _end_submission(
+    batch: ModelCompletionBatch,
+    status: BatchStatus,
+    kind: str,
+    reason: str,
+    *,
+    reset_file: bool = False,
+) -> None:
+    """End a submission whose create made nothing, while it is still this worker's."""
     with transaction.atomic():
         locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
         if (
@@ -418,12 +415,15 @@ def _fail_submission(batch: ModelCompletionBatch, error: ProviderError) -> None:
             or locked.claimed_by != batch.claimed_by
         ):
             return
-        locked.status = BatchStatus.FAILED
+        locked.status = status
         locked.create_attempted_at = None
         locked.create_ended_at = None
-        locked.ended_at = db_now()
-        locked.failure_error = error.kind[:FAILURE_TEXT_LIMIT]
-        locked.failure_reason = str(error)
+        if reset_file:
+            locked.input_file_id = ""
+        if status == BatchStatus.FAILED:
+            locked.ended_at = db_now()
+        locked.failure_error = kind[:FAILURE_TEXT_LIMIT]
+        locked.failure_reason = reason
         locked.save()
 
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections, connection
-from django.db.models import Min, Q
+from django.db.models import Min
 from django.utils import timezone
 
 from ... import stopping
 from ...conf import get_setting
-from ...models import IN_FLIGHT_STATUSES, BatchStatus, ModelCompletionBatch
+from ...models import ModelCompletionBatch
 from ...polling import RunReport, poll
 from ._base import BatchCommand, one_line
 
@@ -95,9 +95,7 @@ class Command(BatchCommand):
 
     def next_due(self) -> str:
         """When the next poll is due, and how to poll before it."""
-        in_flight = ModelCompletionBatch.objects.filter(
-            Q(status__in=IN_FLIGHT_STATUSES) | Q(status=BatchStatus.SUBMITTING)
-        )
+        in_flight = ModelCompletionBatch.objects.pollable()
         earliest = in_flight.aggregate(at=Min("next_poll_at"))["at"]
         if earliest is None:
             if in_flight.exists():
