@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, connections, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -181,8 +181,24 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
 
     def release(self, worker: str = WORKER_ID) -> int:
         """Give back this worker's leases on these batches; a lease another worker has taken
-        meanwhile is left alone."""
-        return self.filter(claimed_by=worker).update(claimed_by="", claimed_until=None)
+        meanwhile is left alone.
+
+        Outside a transaction, a connection lost during the run is replaced once: the leases
+        would otherwise hold the batches away from this worker's next run too, for a whole
+        LEASE_SECONDS.
+        """
+        mine = self.filter(claimed_by=worker)
+        try:
+            return mine.update(claimed_by="", claimed_until=None)
+        except DatabaseError:
+            db = connections[mine.db]
+            if db.in_atomic_block or db.is_usable():
+                raise
+            try:
+                db.close()  # the next query opens a new connection
+            except DatabaseError:
+                pass
+            return mine.update(claimed_by="", claimed_until=None)
 
     def submittable(self) -> ModelCompletionBatchQuerySet:
         """Batches that can be submitted, or whose interrupted submission can be resumed."""
