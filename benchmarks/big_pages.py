@@ -134,6 +134,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         setup_django(os.path.join(tmp, "bench.sqlite3"), base_url)
         from raif_batches import create_batch
+        from raif_batches.lifecycle import results
         from raif_batches.models import ModelCompletionBatch
         from raif_batches.providers import get_strategy
 
@@ -158,7 +159,7 @@ def main() -> None:
                 pages += 1
                 entries += len(page)
         else:
-            entries = strategy.fetch_results(batch)
+            entries = results.fetch_results(strategy, batch)
         elapsed = time.monotonic() - started
         after = peak_rss_mb()
     provider.terminate()

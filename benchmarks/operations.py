@@ -246,6 +246,7 @@ def op_create_baseline_per_row(
 
 
 def op_submit(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from raif_batches.lifecycle import status
     from raif_batches.polling import submit
 
     use_emulator(context["instant"]["base_url"])
@@ -257,7 +258,7 @@ def op_submit(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
     batch.refresh_from_db()
     strategy = batch.get_strategy()
     for _ in range(10):
-        batch = strategy.fetch_status(batch)
+        batch = status.fetch_status(strategy, batch)
         if batch.is_terminal:
             break
     assert batch.status == "ended", batch.status
@@ -310,8 +311,8 @@ def op_submit_baseline_in_memory(
 
 def reset_results(batch: Any) -> None:
     """Put every completion back to pending, as before the results were fetched."""
+    from raif_batches.lifecycle.results import RESULT_FIELDS
     from raif_batches.models import CompletionStatus, ModelCompletion
-    from raif_batches.providers.base import RESULT_FIELDS
 
     blank: dict[str, Any] = {name: None for name in RESULT_FIELDS}
     blank.update(
@@ -338,11 +339,12 @@ def _harvest_setup(context: dict[str, Any]) -> tuple[Any, Any]:
 
 def op_harvest(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
     from raif_batches.conf import get_setting
+    from raif_batches.lifecycle import results
     from raif_batches.models import CompletionStatus
 
     batch, strategy = _harvest_setup(context)
     with measure() as m:
-        applied = strategy.fetch_results(batch)
+        applied = results.fetch_results(strategy, batch)
     assert applied == args.rows, applied
     assert batch.completions.filter(status=CompletionStatus.COMPLETED).count() == args.rows
     pages = math.ceil(args.rows / int(get_setting("RESULTS_PAGE_SIZE")))
@@ -382,20 +384,23 @@ def _apply_with_save(strategy: Any, batch: Any, page: list[Any]) -> int:
     from django.db import transaction
     from django.utils import timezone
 
-    from raif_batches.models import CompletionStatus, ModelCompletion
-    from raif_batches.providers.base import RESULT_FIELDS
+    from raif_batches.lifecycle import results
+    from raif_batches.lifecycle.results import RESULT_FIELDS
+    from raif_batches.models import CompletionStatus, ModelCompletion, ModelCompletionBatch
+
+    prices = results.Prices()
 
     now = timezone.now()
     changed = 0
     with transaction.atomic():
-        locked = strategy.lock(batch.pk)
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
         for entry in page:
             completion = ModelCompletion.objects.get(
                 batch_id=batch.pk, batch_custom_id=entry.custom_id
             )
             if completion.status != CompletionStatus.PENDING:
                 continue
-            values = strategy.result_row(locked, entry, completion.response_format, now)
+            values = results.result_row(locked, entry, completion.response_format, now, prices)
             for name in RESULT_FIELDS:
                 setattr(completion, name, values[name])
             completion.save()
@@ -408,13 +413,16 @@ def _apply_with_bulk_update(strategy: Any, batch: Any, page: list[Any]) -> int:
     from django.db import transaction
     from django.utils import timezone
 
-    from raif_batches.models import CompletionStatus, ModelCompletion
-    from raif_batches.providers.base import RESULT_FIELDS
+    from raif_batches.lifecycle import results
+    from raif_batches.lifecycle.results import RESULT_FIELDS
+    from raif_batches.models import CompletionStatus, ModelCompletion, ModelCompletionBatch
+
+    prices = results.Prices()
 
     now = timezone.now()
     by_id = {entry.custom_id: entry for entry in page}
     with transaction.atomic():
-        locked = strategy.lock(batch.pk)
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
         completions = list(
             ModelCompletion.objects.filter(
                 batch_id=batch.pk, batch_custom_id__in=list(by_id), status=CompletionStatus.PENDING
@@ -422,7 +430,7 @@ def _apply_with_bulk_update(strategy: Any, batch: Any, page: list[Any]) -> int:
         )
         for completion in completions:
             entry = by_id[completion.batch_custom_id]
-            values = strategy.result_row(locked, entry, completion.response_format, now)
+            values = results.result_row(locked, entry, completion.response_format, now, prices)
             for name in RESULT_FIELDS:
                 setattr(completion, name, values[name])
         ModelCompletion.objects.bulk_update(completions, RESULT_FIELDS, batch_size=1000)

@@ -47,6 +47,14 @@ class BatchInFlight(BatchStateError):
     """
 
 
+class BatchBusy(BatchStateError):
+    """Another worker holds this batch's lease."""
+
+
+class DuplicateSubmission(BatchStateError):
+    """A second provider batch was found for a batch; it was cancelled and recorded."""
+
+
 class ProviderError(RaifBatchesError, requests.HTTPError):
     """The provider answered with an error, or could not be reached within the retry policy.
 

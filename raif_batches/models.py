@@ -1,7 +1,15 @@
-"""The two tables: one row per provider batch, one row per request line and its result."""
+"""The two tables: one row per provider batch, one row per request line and its result.
+
+The state rules live here, once: which statuses can be submitted, polled, cancelled or retried
+(``can_*`` properties and the matching querysets), the kinds of failure (:class:`FailureKind`),
+and the lease on a batch (``claimable()``/``locked()``/``claim()``/``release()``). The
+lifecycle, the commands and the admin ask these; they do not restate them.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -9,9 +17,14 @@ from typing import Any, ClassVar
 
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
-from django.db import models
-from django.db.models import Q
+from django.db import DatabaseError, connection, connections, models, transaction
+from django.db.models import F, Q
 from django.utils import timezone
+
+from .exceptions import BatchBusy
+
+#: Identifies this process in leases; threads of one process share it (only one does DB work).
+WORKER_ID = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _cost_field() -> models.DecimalField:
@@ -58,6 +71,76 @@ def _undeletable() -> Q:
     )
 
 
+#: Statuses from which a batch can be submitted (or its interrupted submission resumed).
+SUBMITTABLE_STATUSES = frozenset({BatchStatus.PENDING, BatchStatus.SUBMITTING})
+#: Statuses in which a cancel can be asked: a pending batch is cancelled here, an in-flight one
+#: at the provider (asking again while cancelling is harmless). A submitting batch is not: its
+#: create may be in flight.
+CANCELLABLE_STATUSES = frozenset(
+    {
+        BatchStatus.PENDING,
+        BatchStatus.SUBMITTED,
+        BatchStatus.IN_PROGRESS,
+        BatchStatus.CANCELLING,
+    }
+)
+
+
+class FailureKind(models.TextChoices):
+    """What ``failure_error`` holds: a few words naming the failure (the reason says more).
+
+    The values are the strings stored since the first release, so none needs migrating. The
+    provider errors' kinds (:mod:`raif_batches.exceptions`, ``ProviderError.kind``) are the
+    same strings, kept there as literals because that module loads before the app registry.
+    """
+
+    # A batch's own end.
+    REJECTED = "rejected by provider", "Rejected by the provider"
+    EXPIRED = "expired", "Expired"
+    MAX_AGE = "max age exceeded", "Past its maximum age"
+    CANCELED_UNSUBMITTED = "canceled before submission", "Canceled before submission"
+    # Why a batch is not moving (notes; its status is unchanged).
+    INVALID_REQUEST = "invalid request", "Invalid request"
+    UNEXPECTED = "unexpected error", "Unexpected error"
+    UNREADABLE = "unreadable answer", "Unreadable answer"
+    PROVIDER_ERROR = "provider error", "Provider error"
+    API_KEY_REJECTED = "API key rejected", "API key rejected"
+    NOT_FOUND = "not found at provider", "Not found at the provider"
+    REQUEST_REJECTED = "request rejected by provider", "Request rejected by the provider"
+    UNAVAILABLE = "provider unavailable", "Provider unavailable"
+    SUBMISSION_UNKNOWN = "submission outcome unknown", "Submission outcome unknown"
+    # Harvests.
+    RESULTS_INCOMPLETE = "results incomplete", "Results incomplete (reading again)"
+    RESULTS_MISSING = "results missing", "Results missing"
+    RESULTS_UNAVAILABLE = "results unavailable", "Results unavailable"
+    # One line's failure.
+    REQUEST_CANCELLED = "request cancelled", "Request cancelled"
+    REQUEST_EXPIRED = "request expired", "Request expired"
+    ENTRY_MISSING = "entry missing", "No result served"
+    BATCH_CANCELED = "batch canceled", "Batch canceled"
+    BATCH_EXPIRED = "batch expired", "Batch expired"
+    BATCH_FAILED = "batch failed", "Batch failed"
+    UNSTORABLE = "unstorable result", "Result could not be stored"
+    INVALID_JSON = "invalid JSON answer", "Invalid JSON answer"
+
+
+#: A batch's own failure, set when it ended; a later note (why a read or harvest did not get
+#: through) must not hide it.
+OWN_FAILURE_KINDS = frozenset(
+    {
+        FailureKind.REJECTED,
+        FailureKind.EXPIRED,
+        FailureKind.MAX_AGE,
+        FailureKind.CANCELED_UNSUBMITTED,
+    }
+)
+#: Failure kinds of a line that came from the provider's error entry: a success for the same
+#: line, read later in the same harvest, replaces them (results outrank errors).
+PROVIDER_ERROR_KINDS = (FailureKind.PROVIDER_ERROR, FailureKind.REQUEST_CANCELLED)
+#: Stored outcomes that the provider's counters do not count as succeeded or failed.
+UNCOUNTED_KINDS = (FailureKind.REQUEST_CANCELLED,)
+
+
 class CompletionStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     COMPLETED = "completed", "Completed"
@@ -78,6 +161,65 @@ class ModelCompletionBatchQuerySet(models.QuerySet["ModelCompletionBatch"]):
     def locked(self) -> ModelCompletionBatchQuerySet:
         """The rows, locked until the surrounding transaction ends."""
         return self.select_for_update()
+
+    def claim(self, worker: str, *, limit: int | None = None) -> list[ModelCompletionBatch]:
+        """Take a lease on up to ``limit`` unclaimed batches of this queryset, skipping rows
+        another transaction holds; the claimed batches, in primary-key order.
+
+        The lease is counted on the database's clock, the one clock every host shares.
+        """
+        from .clock import db_now
+        from .conf import get_setting
+
+        lease = timedelta(seconds=float(get_setting("LEASE_SECONDS")))
+        skip_locked = connection.features.has_select_for_update_skip_locked
+        with transaction.atomic():
+            now = db_now()
+            candidates = (
+                self.claimable(now)
+                .order_by(F("next_poll_at").asc(nulls_first=True), "pk")
+                .select_for_update(skip_locked=skip_locked)
+            )
+            if limit:
+                candidates = candidates[:limit]
+            ids = list(candidates.values_list("pk", flat=True))
+            if ids:
+                self.model.objects.filter(pk__in=ids).update(
+                    claimed_by=worker, claimed_until=now + lease
+                )
+        return list(self.model.objects.filter(pk__in=ids).order_by("pk"))
+
+    def release(self, worker: str = WORKER_ID) -> int:
+        """Give back this worker's leases on these batches; a lease another worker has taken
+        meanwhile is left alone.
+
+        Outside a transaction, a connection lost during the run is replaced once: the leases
+        would otherwise hold the batches away from this worker's next run too, for a whole
+        LEASE_SECONDS.
+        """
+        mine = self.filter(claimed_by=worker)
+        try:
+            return mine.update(claimed_by="", claimed_until=None)
+        except DatabaseError:
+            db = connections[mine.db]
+            if db.in_atomic_block or db.is_usable():
+                raise
+            try:
+                db.close()  # the next query opens a new connection
+            except DatabaseError:
+                pass
+            return mine.update(claimed_by="", claimed_until=None)
+
+    def submittable(self) -> ModelCompletionBatchQuerySet:
+        """Batches that can be submitted, or whose interrupted submission can be resumed."""
+        return self.filter(status__in=SUBMITTABLE_STATUSES)
+
+    def cancellable(self) -> ModelCompletionBatchQuerySet:
+        return self.filter(status__in=CANCELLABLE_STATUSES)
+
+    def pollable(self) -> ModelCompletionBatchQuerySet:
+        """Batches whose status a poll reads: in flight, or submitting (to reconcile)."""
+        return self.filter(Q(status__in=IN_FLIGHT_STATUSES) | Q(status=BatchStatus.SUBMITTING))
 
     def due_for_poll(self, now: Any = None) -> ModelCompletionBatchQuerySet:
         """In-flight batches whose next status read is due, plus interrupted submissions."""
@@ -290,6 +432,31 @@ class ModelCompletionBatch(models.Model):
         return None
 
     @property
+    def can_submit(self) -> bool:
+        return self.status in SUBMITTABLE_STATUSES
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in CANCELLABLE_STATUSES
+
+    @property
+    def can_poll(self) -> bool:
+        return self.status in IN_FLIGHT_STATUSES or self.status == BatchStatus.SUBMITTING
+
+    @property
+    def awaits_harvest(self) -> bool:
+        """Ended, and its results not stored yet."""
+        return self.is_terminal and self.results_fetched_at is None
+
+    @property
+    def can_retry(self) -> bool:
+        """Its results are stored and some requests failed (one query)."""
+        return (
+            self.results_fetched_at is not None
+            and self.completions.filter(status=CompletionStatus.FAILED).exists()
+        )
+
+    @property
     def age(self) -> timedelta:
         return timezone.now() - self.created_at
 
@@ -303,35 +470,57 @@ class ModelCompletionBatch(models.Model):
             and self.claimed_until > now
         )
 
-    def claim(self, worker: str, now: datetime, seconds: float) -> None:
-        """Take (or renew) the lease on the locked row; the caller saves."""
+    def claim(self, worker: str, now: datetime, seconds: float | None = None) -> None:
+        """Take (or renew) the lease on the locked row; the caller saves.
+
+        :class:`~raif_batches.exceptions.BatchBusy` when another worker's lease still runs.
+        ``seconds`` defaults to LEASE_SECONDS.
+        """
+        if self.leased_to_other(worker, now):
+            until = self.claimed_until
+            raise BatchBusy(
+                f"Batch {self.pk} is being worked on by {self.claimed_by} "
+                f"until {until:%Y-%m-%d %H:%M:%S}."
+                if until is not None
+                else f"Batch {self.pk} is being worked on by {self.claimed_by}."
+            )
+        if seconds is None:
+            from .conf import get_setting
+
+            seconds = float(get_setting("LEASE_SECONDS"))
         self.claimed_by = worker
         self.claimed_until = now + timedelta(seconds=seconds)
 
-    def release(self, worker: str) -> None:
+    def release(self, worker: str = WORKER_ID) -> None:
         """Give the lease back, unless another worker has taken it meanwhile."""
-        type(self).objects.filter(pk=self.pk, claimed_by=worker).update(
-            claimed_by="", claimed_until=None
-        )
+        type(self).objects.filter(pk=self.pk).release(worker)
 
     def get_strategy(self) -> Any:
         from .providers import get_strategy
 
         return get_strategy(self.provider)
 
-    # Driving a batch from code. Each method takes its own locks; none may be called while a
-    # transaction holds this batch's row.
+    # Driving a batch from code (:mod:`raif_batches.lifecycle`). Each method takes its own
+    # locks; none may be called while a transaction holds this batch's row.
     def submit(self) -> ModelCompletionBatch:
-        return self.get_strategy().submit(self)
+        from .lifecycle import submission
+
+        return submission.submit(self.get_strategy(), self)
 
     def refresh_status(self) -> ModelCompletionBatch:
-        return self.get_strategy().fetch_status(self)
+        from .lifecycle import status
+
+        return status.fetch_status(self.get_strategy(), self)
 
     def cancel(self, reason: str = "requested") -> ModelCompletionBatch:
-        return self.get_strategy().cancel(self, reason=reason)
+        from .lifecycle import status
+
+        return status.cancel(self.get_strategy(), self, reason=reason)
 
     def fetch_results(self) -> int:
-        return self.get_strategy().fetch_results(self)
+        from .lifecycle import results
+
+        return results.fetch_results(self.get_strategy(), self)
 
 
 class ModelCompletion(models.Model):

@@ -1,4 +1,9 @@
-"""Driving many batches: which are due, claiming them, running their strategies.
+"""The runner: claimed runs over many batches (submit / poll / harvest), each a RunReport.
+
+The life of one batch is :mod:`raif_batches.lifecycle`'s and its handler
+:mod:`raif_batches.handlers`'; this module picks the batches that are due, claims them through
+the model's lease (``objects.claim()``/``release()``), and calls the lifecycle with one provider
+object per provider for the whole run.
 
 Workers claim batches in a short transaction with ``select_for_update(skip_locked=True)`` and
 a lease (``claimed_by``/``claimed_until``), commit, and only then talk to the provider. Any
@@ -24,37 +29,33 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from django.db import connection, transaction
-from django.db.models import F, Q, QuerySet
-from django.utils.module_loading import import_string
+from django.db.models import Q, QuerySet
 
 from .clock import db_now
 from .conf import get_setting
 from .exceptions import (
     AmbiguousSubmission,
+    BatchBusy,
     BatchStateError,
+    DuplicateSubmission,
     InvalidBatchRequest,
     ProviderAuthenticationError,
     ProviderError,
 )
+from .handlers import run_handler
+from .lifecycle import results, status, submission
+from .lifecycle.transitions import error_text, note_on_batch
 from .models import (
     IN_FLIGHT_STATUSES,
+    WORKER_ID,
     BatchStatus,
+    FailureKind,
     ModelCompletionBatch,
     ModelCompletionBatchQuerySet,
 )
 from .providers import get_strategy
-from .providers.base import (
-    OWN_FAILURE_KINDS,
-    WORKER_ID,
-    BatchBusy,
-    BatchListing,
-    BatchSnapshot,
-    BatchStrategy,
-    DuplicateSubmission,
-)
+from .providers.base import BatchListing, BatchSnapshot, BatchStrategy
 from .stopping import stop_requested
-from .storable import clean_text
 
 logger = logging.getLogger("raif_batches")
 
@@ -105,18 +106,8 @@ class RunReport:
         return self.fatal is not None or self.stopped
 
     def error(self, batch: ModelCompletionBatch | None, error: Exception) -> None:
-        text = _error_text(error)
+        text = error_text(error)
         self.errors.append(f"batch {batch.pk}: {text}" if batch is not None else text)
-
-
-def _error_text(error: BaseException) -> str:
-    """One line, whatever the error: our own errors by their message, others by their type."""
-    if isinstance(error, ProviderError):
-        return error.one_line
-    text = " ".join(str(error).split())
-    if not isinstance(error, BatchStateError | InvalidBatchRequest):
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
-    return text[:500]
 
 
 class _Strategies(dict[str, BatchStrategy]):
@@ -137,36 +128,15 @@ def claim_batches(
     limit: int | None = None,
     worker: str = WORKER_ID,
 ) -> list[ModelCompletionBatch]:
-    """Take a lease on up to ``limit`` unclaimed batches of ``queryset``, skipping locked rows.
-
-    The lease is counted on the database's clock, the one clock every host shares.
-    """
-    lease = timedelta(seconds=float(get_setting("LEASE_SECONDS")))
-    skip_locked = connection.features.has_select_for_update_skip_locked
-    with transaction.atomic():
-        now = db_now()
-        candidates = (
-            cast(ModelCompletionBatchQuerySet, queryset)
-            .claimable(now)
-            .order_by(F("next_poll_at").asc(nulls_first=True), "pk")
-            .select_for_update(skip_locked=skip_locked)
-        )
-        if limit:
-            candidates = candidates[:limit]
-        ids = list(candidates.values_list("pk", flat=True))
-        if ids:
-            ModelCompletionBatch.objects.filter(pk__in=ids).update(
-                claimed_by=worker, claimed_until=now + lease
-            )
-    return list(ModelCompletionBatch.objects.filter(pk__in=ids).order_by("pk"))
+    """Take a lease on up to ``limit`` unclaimed batches of ``queryset``, skipping locked rows
+    (:meth:`ModelCompletionBatchQuerySet.claim`)."""
+    return cast(ModelCompletionBatchQuerySet, queryset).claim(worker, limit=limit)
 
 
 def release_all(batches: Iterable[ModelCompletionBatch], worker: str = WORKER_ID) -> None:
     ids = [batch.pk for batch in batches]
     if ids:
-        ModelCompletionBatch.objects.filter(pk__in=ids, claimed_by=worker).update(
-            claimed_by="", claimed_until=None
-        )
+        ModelCompletionBatch.objects.filter(pk__in=ids).release(worker)
 
 
 def _restrict(
@@ -188,9 +158,7 @@ def submit(
     report = RunReport()
     strategies = _Strategies()
     queryset = _restrict(
-        ModelCompletionBatch.objects.filter(
-            status__in=(BatchStatus.PENDING, BatchStatus.SUBMITTING)
-        ),
+        ModelCompletionBatch.objects.submittable(),
         batch_ids,
     )
     claimed = claim_batches(queryset, limit=limit, worker=worker)
@@ -223,13 +191,13 @@ def _read_listings(
     now = db_now()
     due: dict[str, list[ModelCompletionBatch]] = {}
     for batch in batches:
-        at = BatchStrategy.reconcile_due_at(batch)
+        at = submission.reconcile_due_at(batch)
         if batch.status == BatchStatus.SUBMITTING and at is not None and at <= now:
             due.setdefault(batch.provider, []).append(batch)
     listings: dict[str, BatchListing] = {}
     for provider, group in due.items():
         try:
-            listings[provider] = strategies[provider].look_up_names(group)
+            listings[provider] = submission.look_up_names(strategies[provider], group)
         except ProviderAuthenticationError as error:
             report.fatal = error
             break
@@ -244,7 +212,7 @@ def _submit_one(
     listing: BatchListing | None = None,
 ) -> None:
     try:
-        result = strategy.submit(batch, worker=worker, listing=listing)
+        result = submission.submit(strategy, batch, worker=worker, listing=listing)
     except BatchBusy:
         report.skipped_busy += 1
     except ModelCompletionBatch.DoesNotExist:
@@ -285,8 +253,7 @@ def poll(
     report = RunReport()
     strategies = _Strategies()
     if force:
-        due = Q(status__in=IN_FLIGHT_STATUSES) | Q(status=BatchStatus.SUBMITTING)
-        queryset = ModelCompletionBatch.objects.filter(due)
+        queryset = ModelCompletionBatch.objects.pollable()
     else:
         queryset = ModelCompletionBatch.objects.due_for_poll(now)
     work = queryset | _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), now, force)
@@ -332,7 +299,7 @@ def _drive(
         if batch.status in IN_FLIGHT_STATUSES:
             if batch.cancel_requested_at is None and now - _age_start(batch) > max_age:
                 try:
-                    strategies[batch.provider].cancel(batch, reason="deadline")
+                    status.cancel(strategies[batch.provider], batch, reason="deadline")
                     report.cancelled_for_age.append(batch.pk)
                 except ModelCompletionBatch.DoesNotExist:
                     continue  # deleted by another process meanwhile
@@ -341,7 +308,7 @@ def _drive(
                 except (ProviderError, BatchStateError) as error:
                     report.error(batch, error)
                 except Exception as error:
-                    _note_on_batch(batch, error)
+                    note_on_batch(batch, error)
                     report.error(batch, error)
             else:
                 to_read.append(batch)
@@ -390,44 +357,24 @@ def _refresh_concurrently(
     now = db_now()  # one read of the database clock for every snapshot of this run
     for batch, snapshot in zip(batches, snapshots, strict=False):
         if isinstance(snapshot, ProviderAuthenticationError):
-            _note_on_batch(batch, snapshot)
+            note_on_batch(batch, snapshot)
             report.fatal = snapshot
             return
         if isinstance(snapshot, Exception):
             # Any answer that could not be read (an error, a date past year 9999, JSON nested
             # too deep, a bad encoding…) is this batch's fault only.
-            _note_on_batch(batch, snapshot, kind="unreadable answer")
+            note_on_batch(batch, snapshot, kind=FailureKind.UNREADABLE)
             report.error(batch, snapshot)
             continue
         try:
-            strategies[batch.provider].apply_snapshot(batch.pk, snapshot, now=now)
+            status.apply_snapshot(batch.pk, snapshot, now=now)
         except ModelCompletionBatch.DoesNotExist:
             continue  # deleted by another process meanwhile
         except Exception as error:
-            _note_on_batch(batch, error)
+            note_on_batch(batch, error)
             report.error(batch, error)
             continue
         report.refreshed += 1
-
-
-def _note_on_batch(
-    batch: ModelCompletionBatch, error: BaseException, *, kind: str = "unexpected error"
-) -> None:
-    """Show why a batch is not moving, without changing its status.
-
-    A batch's own failure (a rejection, an expiry, a deadline) stays shown: the note would hide
-    why the batch ended.
-    """
-    if isinstance(error, ProviderError):
-        kind, reason = error.kind, str(error)
-    else:
-        reason = _error_text(error)
-    try:
-        ModelCompletionBatch.objects.filter(pk=batch.pk, results_fetched_at__isnull=True).exclude(
-            failure_error__in=OWN_FAILURE_KINDS
-        ).update(failure_error=kind[:255], failure_reason=_clean(reason))
-    except Exception:  # the note is a courtesy: never let it stop the run
-        logger.warning("Batch %s: could not record %s", batch.pk, _error_text(error))
 
 
 # --- harvest --------------------------------------------------------------------------------
@@ -467,7 +414,7 @@ def harvest(
 
 def _harvest_one(strategy: BatchStrategy, batch: ModelCompletionBatch, report: RunReport) -> None:
     try:
-        report.results_applied += strategy.fetch_results(batch)
+        report.results_applied += results.fetch_results(strategy, batch)
     except ModelCompletionBatch.DoesNotExist:
         return  # deleted by another process meanwhile
     except ProviderAuthenticationError as error:
@@ -477,7 +424,7 @@ def _harvest_one(strategy: BatchStrategy, batch: ModelCompletionBatch, report: R
         report.error(batch, error)
         return
     except Exception as error:
-        _note_on_batch(batch, error)
+        note_on_batch(batch, error)
         report.error(batch, error)
         return
     state = (
@@ -506,73 +453,6 @@ def _finished_count(counts: dict[str, Any]) -> int:
         except (TypeError, ValueError):
             pass
     return total
-
-
-def _clean(text: str) -> str:
-    """Text the database accepts (no NUL, no lone surrogate)."""
-    return clean_text(text)[0]
-
-
-# --- completion handlers --------------------------------------------------------------------
-
-
-def run_handler(batch: ModelCompletionBatch, worker: str = WORKER_ID) -> bool:
-    """Call the batch's handler once its results are stored; True when it succeeded now.
-
-    Called outside any lock or transaction. The call itself is claimed under the row lock
-    (``handler_claimed_by``/``handler_claimed_until``, HANDLER_LEASE_SECONDS on the database's
-    clock), so two workers never run it at the same time, whatever their batch leases do. A
-    handler that raises is recorded on the batch and tried again on a later run, up to
-    ``HANDLER_MAX_ATTEMPTS``; after a success it is never called again. (Should the process
-    die during the handler or before its success is recorded, the claim lapses and the handler
-    runs again: make it idempotent.) A batch deleted meanwhile is skipped.
-    """
-    if not batch.handler:
-        return False
-    max_attempts = int(get_setting("HANDLER_MAX_ATTEMPTS"))
-    lease = timedelta(seconds=float(get_setting("HANDLER_LEASE_SECONDS")))
-    try:
-        with transaction.atomic():
-            locked = BatchStrategy.lock(batch.pk)
-            now = db_now()
-            if (
-                locked.results_fetched_at is None
-                or locked.handler_called_at is not None
-                or locked.handler_gave_up
-                or (
-                    locked.handler_claimed_until is not None
-                    and locked.handler_claimed_until > now
-                    and locked.handler_claimed_by != worker
-                )
-            ):
-                return False
-            locked.handler_attempts += 1
-            locked.handler_claimed_by = worker
-            locked.handler_claimed_until = now + lease
-            locked.save(
-                update_fields=["handler_attempts", "handler_claimed_by", "handler_claimed_until"]
-            )
-    except ModelCompletionBatch.DoesNotExist:
-        return False
-    outcome: dict[str, Any]
-    try:
-        function: Any = import_string(locked.handler)
-        function(locked)
-    except Exception as error:
-        logger.exception("Handler %s of batch %s failed", locked.handler, locked.pk)
-        outcome = {
-            "handler_error": f"{type(error).__name__}: {error}"[:2000],
-            "handler_gave_up": locked.handler_attempts >= max_attempts,
-        }
-        succeeded = False
-    else:
-        outcome = {"handler_called_at": db_now(), "handler_error": ""}
-        succeeded = True
-    # Written only while the claim is still this call's; a deleted batch updates nothing.
-    ModelCompletionBatch.objects.filter(pk=batch.pk, handler_claimed_by=worker).update(
-        handler_claimed_by="", handler_claimed_until=None, **outcome
-    )
-    return succeeded
 
 
 def _age_start(batch: ModelCompletionBatch) -> datetime:

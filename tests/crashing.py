@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from raif_batches.models import ModelCompletionBatch
-from raif_batches.providers.base import WORKER_ID, BatchListing, BatchSnapshot
+from raif_batches.providers.base import BatchListing, BatchSnapshot
 from raif_batches.providers.xai import XAIStrategy
 
 PATH = "tests.crashing.CrashingStrategy"
@@ -63,11 +63,6 @@ class CrashingStrategy(XAIStrategy):
         crash_if("after_find")
         return found
 
-    @staticmethod
-    def release(pk: int, worker: str = WORKER_ID) -> None:
-        if not dead:
-            XAIStrategy.release(pk, worker)
-
 
 def reset(*steps: str) -> None:
     global dead
@@ -77,10 +72,12 @@ def reset(*steps: str) -> None:
 
 
 def release_unless_dead(original: Any) -> Any:
-    """Wrap ``polling.release_all`` so that a dead worker keeps its leases."""
+    """Wrap ``ModelCompletionBatchQuerySet.release`` (every lease is given back through it) so
+    that a dead worker keeps its leases."""
 
-    def release_all(*args: Any, **kwargs: Any) -> None:
-        if not dead:
-            original(*args, **kwargs)
+    def release(*args: Any, **kwargs: Any) -> int:
+        if dead:
+            return 0
+        return int(original(*args, **kwargs))
 
-    return release_all
+    return release

@@ -126,10 +126,11 @@ def test_harvest_batches_command(emulator: Any) -> None:
     run("submit_batches")
     run("poll_batches", "--force")  # validation read
     # Reach a terminal status without harvesting, as if the poller died before it.
+    from raif_batches.lifecycle.status import fetch_status
     from raif_batches.providers import get_strategy
 
     batch.refresh_from_db()
-    get_strategy("xai").fetch_status(batch)
+    fetch_status(get_strategy("xai"), batch)
     batch.refresh_from_db()
     assert batch.status == "ended" and batch.results_fetched_at is None
     output = run("harvest_batches")

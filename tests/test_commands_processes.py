@@ -82,6 +82,7 @@ def test_submit_batches_stops_after_the_batch_in_hand(emulator: Any, signum: int
 
 
 def test_poll_batches_stops_after_the_harvest_in_hand(emulator: Any) -> None:
+    from raif_batches.lifecycle.status import fetch_status
     from raif_batches.providers import get_strategy
 
     batches = [make_batch(3, failing=1) for _ in range(3)]
@@ -89,7 +90,7 @@ def test_poll_batches_stops_after_the_harvest_in_hand(emulator: Any) -> None:
     assert poll(force=True).ok  # the validation read
     for batch in batches:  # ended at the provider, results not fetched yet
         batch.refresh_from_db()
-        get_strategy("xai").fetch_status(batch)
+        fetch_status(get_strategy("xai"), batch)
     assert ModelCompletionBatch.objects.awaiting_harvest().count() == 3
     slow = emulator.state.add_fault(
         Fault(endpoint="list_results", kind="latency", delay=1.0, times=None)

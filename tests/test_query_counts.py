@@ -18,6 +18,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from raif_batches import api
+from raif_batches.lifecycle import results
 from raif_batches.models import ModelCompletionBatch
 from raif_batches.polling import poll, submit
 
@@ -79,8 +80,8 @@ def test_applying_a_page_twice_adds_no_rows_and_no_per_row_queries(emulator: Any
     batch = ended_batch(30)
     strategy = batch.get_strategy()
     page = next(iter(strategy.iter_result_pages(batch.provider_batch_id)))
-    first, changed = count_queries(lambda: strategy.apply_result_page(batch, page))
-    again, changed_again = count_queries(lambda: strategy.apply_result_page(batch, page))
+    first, changed = count_queries(lambda: results.apply_result_page(batch, page))
+    again, changed_again = count_queries(lambda: results.apply_result_page(batch, page))
 
     assert changed == 30
     assert changed_again == 0  # exactly once: results apply only to pending completions

@@ -43,13 +43,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 #: Open bugs of issues 9 and 10 that these histories find on the code this test was written
 #: against; delete this marker once they are fixed (the integrator's step after merging).
-KNOWN_OPEN = pytest.mark.xfail(
-    reason="issues 9 and 10 still open on this branch: see the report for the violations",
-    strict=False,
-    raises=AssertionError,
-)
-
-
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name) or default)
 
@@ -89,12 +82,10 @@ def _run(machine: type[BatchHistory], emulator: Any, settings_fixture: Any, exam
             print(line)
 
 
-@KNOWN_OPEN
 def test_histories_in_process(emulator: Any, settings: Any) -> None:
     _run(BatchHistory, emulator, settings, examples=30)
 
 
-@KNOWN_OPEN
 @pytest.mark.postgres
 def test_histories_with_processes(emulator: Any, settings: Any) -> None:
     _run(ProcessHistory, emulator, settings, examples=8)

@@ -33,11 +33,12 @@ def immediate_backend() -> str:
 
 def end_without_harvest(batch: ModelCompletionBatch) -> None:
     """Bring a submitted batch to its end at the provider without fetching its results."""
+    from raif_batches.lifecycle.status import fetch_status
     from raif_batches.providers import get_strategy
 
     assert poll([batch.pk], force=True).ok  # the validation read
     batch.refresh_from_db()
-    get_strategy("xai").fetch_status(batch)
+    fetch_status(get_strategy("xai"), batch)
     batch.refresh_from_db()
     assert batch.status == "ended" and batch.results_fetched_at is None
 

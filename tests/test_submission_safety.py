@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from raif_batches import polling
 from raif_batches.emulator import Fault
-from raif_batches.models import ModelCompletionBatch
+from raif_batches.models import ModelCompletionBatch, ModelCompletionBatchQuerySet
 from raif_batches.polling import poll, submit
 
 from . import crashing
@@ -62,7 +61,11 @@ def crashing_provider(emulator: Any, settings: Any, monkeypatch: Any) -> Iterato
         "PROVIDERS": {"xai": crashing.PATH},
         "LEASE_SECONDS": LEASE,
     }
-    monkeypatch.setattr(polling, "release_all", crashing.release_unless_dead(polling.release_all))
+    monkeypatch.setattr(
+        ModelCompletionBatchQuerySet,
+        "release",
+        crashing.release_unless_dead(ModelCompletionBatchQuerySet.release),
+    )
     yield emulator
     crashing.reset()
 

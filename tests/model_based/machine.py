@@ -46,9 +46,8 @@ from hypothesis.stateful import (
 from raif_batches import create_batch
 from raif_batches.emulator import Fault
 from raif_batches.exceptions import BatchStateError
-from raif_batches.models import ModelCompletion, ModelCompletionBatch
+from raif_batches.models import WORKER_ID, ModelCompletion, ModelCompletionBatch
 from raif_batches.polling import poll, submit
-from raif_batches.providers.base import WORKER_ID
 
 from . import invariants, tally
 from .catalogue import (

@@ -14,14 +14,13 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.db import DatabaseError, close_old_connections, connection
-from django.db.models import Min, Q
+from django.db.models import Min
 from django.utils import timezone
 
 from ... import stopping
 from ...conf import get_setting
-from ...models import IN_FLIGHT_STATUSES, BatchStatus, ModelCompletionBatch
+from ...models import ModelCompletionBatch
 from ...polling import RunReport, poll
-from ...providers.base import WORKER_ID
 from ._base import BatchCommand, one_line
 
 
@@ -96,9 +95,7 @@ class Command(BatchCommand):
 
     def next_due(self) -> str:
         """When the next poll is due, and how to poll before it."""
-        in_flight = ModelCompletionBatch.objects.filter(
-            Q(status__in=IN_FLIGHT_STATUSES) | Q(status=BatchStatus.SUBMITTING)
-        )
+        in_flight = ModelCompletionBatch.objects.pollable()
         earliest = in_flight.aggregate(at=Min("next_poll_at"))["at"]
         if earliest is None:
             if in_flight.exists():
@@ -122,7 +119,6 @@ class Command(BatchCommand):
             except DatabaseError as error:
                 self.stderr.write(f"database error: {one_line(error)}")
                 self._reconnect(force=True)
-                self._release_own_leases()
             else:
                 self.report_cycle(report)
             self._reconnect()  # a fresh connection per cycle survives database restarts
@@ -155,16 +151,3 @@ class Command(BatchCommand):
                 connection.close()
             except DatabaseError:
                 pass  # the next query opens a new connection
-
-    def _release_own_leases(self) -> None:
-        """A cycle cut off by the database could not release its leases; this process is the
-        only one working under its id, so it frees them rather than wait LEASE_SECONDS."""
-        try:
-            ModelCompletionBatch.objects.filter(claimed_by=WORKER_ID).update(
-                claimed_by="", claimed_until=None
-            )
-            ModelCompletionBatch.objects.filter(handler_claimed_by=WORKER_ID).update(
-                handler_claimed_by="", handler_claimed_until=None
-            )
-        except DatabaseError:
-            self._reconnect(force=True)  # still down: the next cycle tries again

@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import CommandParser
 
-from ...models import BatchStatus, ModelCompletionBatch
+from ...models import ModelCompletionBatch
 from ...polling import submit
 from ...pricing import estimate_batch_cost
 from ._base import BatchCommand, ids_text
@@ -40,9 +40,7 @@ class Command(BatchCommand):
         )
 
     def dry_run(self, batch_ids: list[int] | None, limit: int) -> None:
-        batches = ModelCompletionBatch.objects.filter(
-            status__in=(BatchStatus.PENDING, BatchStatus.SUBMITTING)
-        ).order_by("pk")
+        batches = ModelCompletionBatch.objects.submittable().order_by("pk")
         if batch_ids:
             batches = batches.filter(pk__in=batch_ids)
         if limit:

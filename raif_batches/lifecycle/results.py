@@ -1,0 +1,588 @@
+"""Results: fetch them page by page, apply each page, finish the harvest.
+
+The rules it keeps:
+
+* a result is applied only to a completion that is still pending (or, for a success, to one
+  the provider's error for the same id failed earlier in the harvest), so applying a page twice
+  changes nothing, and results are fetched whatever the batch's end;
+* a harvest never ends short of the outcomes the provider's counters report: it is read again
+  later, with backoff, up to ``RESULTS_WAIT_SECONDS``; one line that cannot be stored is
+  cleaned or failed alone (:mod:`raif_batches.storable`);
+* every write happens on the batch's row taken with ``locked()``, and no transaction is open
+  across an HTTP call (the next page is read while this one is stored, see
+  :mod:`raif_batches.readahead`);
+* decisions in time (waits for results) read the database clock.
+
+The provider is reached only through ``iter_result_pages`` (and the prices through
+:mod:`raif_batches.pricing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from .. import signals
+from ..bulk import update_from_values
+from ..clock import db_now
+from ..conf import get_setting
+from ..exceptions import BatchStateError, ProviderError, ProviderNotFound
+from ..models import (
+    OWN_FAILURE_KINDS,
+    PROVIDER_ERROR_KINDS,
+    UNCOUNTED_KINDS,
+    BatchStatus,
+    CompletionStatus,
+    FailureKind,
+    ModelCompletion,
+    ModelCompletionBatch,
+)
+from ..pricing import ModelPrice, completion_cost, price_for
+from ..providers.base import BatchStrategy, ResultEntry
+from ..storable import CLEANED_KEY, clean_json, clean_text, cost_fits, storable_count
+from .transitions import FAILURE_TEXT_LIMIT, count_of, one_line
+
+logger = logging.getLogger("raif_batches")
+
+#: Longest wait between two reads of results that lag behind the counters.
+RESULTS_BACKOFF_MAX = 900.0
+STRUCTURED_FORMATS = frozenset({"json_object", "json_schema"})
+
+# Columns written when a result is applied (same set for success and failure).
+RESULT_FIELDS = (
+    "status",
+    "raw_response",
+    "response_payload",
+    "response_tool_calls",
+    "response_json",
+    "finish_reason",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+    "prompt_token_cost",
+    "output_token_cost",
+    "total_cost",
+    "failure_error",
+    "failure_reason",
+    "completed_at",
+    "failed_at",
+)
+
+
+class Prices(dict[str, ModelPrice | None]):
+    """Model prices, read from settings once per harvest rather than once per row."""
+
+    def __missing__(self, model: str) -> ModelPrice | None:
+        price = price_for(model)
+        self[model] = price
+        return price
+
+
+def fetch_results(strategy: BatchStrategy, batch: ModelCompletionBatch) -> int:
+    """Fetch and store the results of a terminal batch. Returns results applied.
+
+    The harvest ends (``results_fetched_at`` set) only once every outcome the provider's
+    counters report is stored, or once the wait for the rest (``RESULTS_WAIT_SECONDS``) is
+    over; until then the batch stays awaiting harvest and is read again later, with backoff.
+    Results the provider says are gone (404/410) are asked for a bounded number of times
+    (``RESULTS_GONE_ATTEMPTS``), then the lines without one are failed.
+    """
+    batch = ModelCompletionBatch.objects.get(pk=batch.pk)
+    if not batch.is_terminal:
+        raise BatchStateError(
+            f"Batch {batch.pk} is {batch.status}; results are fetched once it has ended."
+        )
+    if batch.results_fetched_at is not None:
+        return 0
+    prices = Prices()  # as configured now, for this whole harvest
+    applied = 0
+    if batch.provider_batch_id:
+        try:
+            for page in strategy.iter_result_pages(batch.provider_batch_id):
+                applied += apply_result_page(batch, page, prices)
+        except ProviderError as error:
+            if not _results_gone(error) or not _results_gone_for_good(batch, error):
+                raise
+            finish_results(batch, unavailable=error)
+            return applied
+    finish_results(batch)
+    return applied
+
+
+def _results_gone_for_good(batch: ModelCompletionBatch, error: ProviderError) -> bool:
+    """Count one more "not found" on the results; True once the bound is reached, else the
+    next read is scheduled (and the caller reports the error)."""
+    now = db_now()
+    wait = timedelta(seconds=float(get_setting("RESULTS_WAIT_SECONDS")))
+    with transaction.atomic():
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
+        since = locked.results_lacking_since or now
+        attempts = locked.results_read_attempts + 1
+        if attempts >= int(get_setting("RESULTS_GONE_ATTEMPTS")) or now - since >= wait:
+            return True
+        locked.results_lacking_since = since
+        locked.results_read_attempts = attempts
+        locked.results_next_read_at = now + _results_backoff(attempts, since + wait - now)
+        locked.save(
+            update_fields=[
+                "results_lacking_since",
+                "results_read_attempts",
+                "results_next_read_at",
+            ]
+        )
+    logger.warning(
+        "Batch %s: results not found at the provider (%s); attempt %d, reading again later",
+        batch.pk,
+        error.one_line,
+        attempts,
+    )
+    return False
+
+
+def apply_result_page(
+    batch: ModelCompletionBatch, entries: list[ResultEntry], prices: Prices | None = None
+) -> int:
+    """Apply one page of results in a few queries; idempotent. Returns rows changed.
+
+    A result applies to a pending line; a success also replaces a provider error stored
+    earlier in the harvest (the same id served twice, on another page), so the outcome does
+    not depend on page boundaries, and an error never replaces anything but a pending line.
+    A line whose values cannot be stored is failed alone, with the reason.
+    """
+    prices = prices if prices is not None else Prices()
+    by_id: dict[str, ResultEntry] = {}
+    for entry in entries:
+        kept = by_id.get(entry.custom_id)
+        if kept is None or (kept.completion is None and entry.completion is not None):
+            by_id[entry.custom_id] = entry
+    if not by_id:
+        return 0
+    now = timezone.now()
+    with transaction.atomic():
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
+        if locked.results_fetched_at is not None:
+            return 0
+        stored = ModelCompletion.objects.filter(
+            batch_id=batch.pk, batch_custom_id__in=list(by_id)
+        ).values_list("pk", "batch_custom_id", "status", "failure_error", "response_format")
+        to_pending: list[dict[str, Any]] = []
+        replacing: list[dict[str, Any]] = []
+        seen = set()
+        for pk, custom_id, status, failure_error, response_format in stored:
+            seen.add(custom_id)
+            entry = by_id[custom_id]
+            if status == CompletionStatus.PENDING:
+                target = to_pending
+            elif (
+                entry.completion is not None
+                and status == CompletionStatus.FAILED
+                and failure_error in PROVIDER_ERROR_KINDS
+            ):
+                target = replacing
+            else:
+                continue
+            try:
+                row = result_row(locked, entry, response_format, now, prices)
+            except Exception as error:  # one odd line must not stop the page
+                row = _unstorable_row(locked.pk, custom_id, error, now)
+            row["id"] = pk
+            target.append(row)
+        for custom_id in by_id.keys() - seen:
+            logger.warning(
+                "Batch %s: provider returned a result for unknown id %r; skipped",
+                batch.pk,
+                custom_id,
+            )
+        # Matched on the primary key read above: with (batch, custom id) and the status
+        # filter, PostgreSQL may probe the (batch, status) index and scan every pending row
+        # of the batch for each result, when its statistics say that few rows are pending.
+        changed = _store_rows(batch.pk, to_pending, "t.status = %s", [PENDING])
+        if replacing:
+            changed += _store_rows(
+                batch.pk,
+                replacing,
+                "t.status = %s AND t.failure_error IN (%s, %s)",
+                [CompletionStatus.FAILED, *PROVIDER_ERROR_KINDS],
+            )
+        finished_ids = [row["batch_custom_id"] for row in (*to_pending, *replacing)]
+        transaction.on_commit(
+            lambda: signals.completions_finished.send(
+                sender=ModelCompletion,
+                batch=locked,
+                completions=ModelCompletion.objects.filter(
+                    batch_id=locked.pk, batch_custom_id__in=finished_ids
+                ),
+            )
+        )
+    return changed
+
+
+def _store_rows(batch_pk: int, rows: list[dict[str, Any]], where: str, params: list[Any]) -> int:
+    """One statement for the page; should the database refuse it, row by row, failing only
+    the rows it refuses (their reason says why)."""
+    if not rows:
+        return 0
+
+    def store(part: list[dict[str, Any]]) -> int:
+        with _savepoint():
+            return update_from_values(
+                ModelCompletion,
+                key_fields=("id",),
+                set_fields=RESULT_FIELDS,
+                rows=part,
+                where=where,
+                where_params=params,
+            )
+
+    try:
+        return store(rows)
+    except STORE_ERRORS as error:
+        logger.warning(
+            "Batch %s: a page of %d results was refused (%s); storing it row by row",
+            batch_pk,
+            len(rows),
+            one_line(error),
+        )
+    changed = 0
+    for row in rows:
+        try:
+            changed += store([row])
+            continue
+        except STORE_ERRORS as error:
+            failed = _unstorable_row(batch_pk, row["batch_custom_id"], error, timezone.now())
+            failed["id"] = row["id"]
+        # A failure row holds only plain values: should even it be refused, the fault is
+        # not in this line but in the statement or the database, and is raised.
+        changed += store([failed])
+    return changed
+
+
+def result_row(
+    batch: ModelCompletionBatch,
+    entry: ResultEntry,
+    response_format: Any,
+    now: datetime,
+    prices: Prices,
+) -> dict[str, Any]:
+    """The column values a result writes into its completion, made storable.
+
+    NUL and lone surrogates are dropped from text and JSON, token counts outside the
+    columns' range are left empty, and each such change is listed in the payload under
+    ``_raif_cleaned``; a cost beyond the cost columns fails the line, answer kept.
+    """
+    row: dict[str, Any] = {name: None for name in RESULT_FIELDS}
+    row.update(
+        batch=batch.pk,
+        batch_custom_id=entry.custom_id,
+        raw_response="",
+        finish_reason="",
+        failure_error="",
+        failure_reason="",
+    )
+    parsed = entry.completion
+    if parsed is None:
+        message = clean_text(entry.error or "")[0]
+        message = message or "The provider returned no result for this request."
+        row.update(
+            status=CompletionStatus.FAILED,
+            failure_error=_failure_kind(message),
+            failure_reason=message[:FAILURE_TEXT_LIMIT],
+            failed_at=now,
+        )
+        return row
+    cleaned: list[str] = []
+    text, dropped = clean_text(parsed.text)
+    if dropped:
+        cleaned.append("text: NUL or lone surrogate characters removed")
+    finish_reason, dropped = clean_text(parsed.finish_reason)
+    if dropped:
+        cleaned.append("finish_reason: NUL or lone surrogate characters removed")
+    payload, dropped = clean_json(parsed.payload)
+    if dropped:
+        cleaned.append("payload: NUL or lone surrogate characters removed")
+    tool_calls, dropped = clean_json(parsed.tool_calls)
+    if dropped:
+        cleaned.append("tool_calls: NUL or lone surrogate characters removed")
+    tokens: dict[str, int | None] = {}
+    for name in TOKEN_FIELDS:
+        value = getattr(parsed, name)
+        tokens[name] = storable_count(value)
+        if tokens[name] != value:
+            cleaned.append(f"{name}: {value} is out of range; left empty")
+    cost = completion_cost(
+        prices[batch.model],
+        prompt_tokens=tokens["prompt_tokens"] or 0,
+        cached_tokens=tokens["cached_tokens"] or 0,
+        output_tokens=(tokens["completion_tokens"] or 0) + (tokens["reasoning_tokens"] or 0),
+        provider_ticks=parsed.cost_ticks,
+    )
+    if cleaned and isinstance(payload, dict):
+        payload = {**payload, CLEANED_KEY: cleaned}
+    row.update(
+        status=CompletionStatus.COMPLETED,
+        raw_response=text,
+        response_payload=payload,
+        response_tool_calls=tool_calls,
+        finish_reason=finish_reason[:32],
+        prompt_token_cost=cost.prompt,
+        output_token_cost=cost.output,
+        total_cost=cost.total,
+        completed_at=now,
+        **tokens,
+    )
+    if not all(cost_fits(value) for value in (cost.prompt, cost.output, cost.total)):
+        row.update(
+            status=CompletionStatus.FAILED,
+            prompt_token_cost=None,
+            output_token_cost=None,
+            total_cost=None,
+            failure_error=FailureKind.UNSTORABLE,
+            failure_reason=(
+                f"The provider's cost ({parsed.cost_ticks} ticks, {cost.total} USD) does not "
+                "fit the cost columns; the answer is kept."
+            ),
+            completed_at=None,
+            failed_at=now,
+        )
+        return row
+    if _wants_json(response_format):
+        try:
+            row["response_json"] = clean_json(json.loads(text))[0]
+        except (ValueError, RecursionError) as error:
+            # Paid for and kept, but not usable as structured output.
+            row.update(
+                status=CompletionStatus.FAILED,
+                failure_error=FailureKind.INVALID_JSON,
+                failure_reason=f"The answer is not valid JSON: {error}",
+                completed_at=None,
+                failed_at=now,
+            )
+    return row
+
+
+def finish_results(
+    batch: ModelCompletionBatch, *, unavailable: ProviderError | None = None
+) -> ModelCompletionBatch:
+    """Fail what the provider never answered, total the costs, mark the results fetched.
+
+    Not while results are missing that the provider's counters count (succeeded + failed):
+    then the shortfall is recorded (``results_lacking_since``, ``results_stored_count``)
+    and a later read scheduled (``results_next_read_at``, with backoff), until
+    ``RESULTS_WAIT_SECONDS`` have passed since the first short harvest. ``unavailable`` (the
+    results are gone) ends the harvest at once.
+    """
+    now = db_now()
+    wait = float(get_setting("RESULTS_WAIT_SECONDS"))
+    with transaction.atomic():
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
+        if locked.results_fetched_at is not None:
+            return locked
+        reason = {
+            BatchStatus.ENDED: (
+                FailureKind.ENTRY_MISSING,
+                "The provider returned no result for it.",
+            ),
+            BatchStatus.CANCELED: (
+                FailureKind.BATCH_CANCELED,
+                "The batch was canceled before it ran.",
+            ),
+            BatchStatus.EXPIRED: (FailureKind.BATCH_EXPIRED, "The batch expired before it ran."),
+            BatchStatus.FAILED: (
+                FailureKind.BATCH_FAILED,
+                locked.failure_reason or "The provider failed the batch.",
+            ),
+        }[BatchStatus(locked.status)]
+        short = None if unavailable is not None else _results_short(locked)
+        if short is not None:
+            stored, expected = short
+            since = locked.results_lacking_since or now
+            if now - since < timedelta(seconds=wait):
+                _wait_for_results(locked, now, since, stored, expected)
+                return locked
+            if locked.status == BatchStatus.ENDED:
+                reason = (
+                    FailureKind.ENTRY_MISSING,
+                    "The provider counted this result but never served it, "
+                    f"after waiting {wait:g} s.",
+                )
+        if unavailable is not None:
+            reason = (
+                FailureKind.RESULTS_UNAVAILABLE,
+                "Results no longer available: " + one_line(unavailable),
+            )
+        failed_now = locked.completions.filter(status=CompletionStatus.PENDING).update(
+            status=CompletionStatus.FAILED,
+            failure_error=reason[0],
+            failure_reason=reason[1][:FAILURE_TEXT_LIMIT],
+            failed_at=now,
+        )
+        if locked.status == BatchStatus.EXPIRED:
+            # The provider reports lines cut by a deadline as cancelled; they expired.
+            locked.completions.filter(failure_error=FailureKind.REQUEST_CANCELLED).update(
+                failure_error=FailureKind.REQUEST_EXPIRED
+            )
+        totals = locked.completions.aggregate(
+            prompt=Sum("prompt_token_cost"),
+            output=Sum("output_token_cost"),
+            total=Sum("total_cost"),
+            completed=Count("pk", filter=Q(status=CompletionStatus.COMPLETED)),
+            failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
+            all=Count("pk"),
+        )
+        if locked.failure_error not in OWN_FAILURE_KINDS:
+            # Notes on reads that did not get through are moot once the harvest is over.
+            if unavailable is not None:
+                locked.failure_error = FailureKind.RESULTS_UNAVAILABLE
+                locked.failure_reason = (
+                    f"The provider no longer serves this batch's results "
+                    f"({one_line(unavailable)}); {failed_now} request(s) without a result "
+                    "were failed."
+                )
+            elif short is not None:
+                locked.failure_error = FailureKind.RESULTS_MISSING
+                locked.failure_reason = (
+                    f"The provider served {short[0]} of the {short[1]} results its counters "
+                    f"report, and no more after waiting {wait:g} s; {failed_now} request(s) "
+                    "were failed as never served."
+                )
+            elif locked.status in (BatchStatus.ENDED, BatchStatus.CANCELED):
+                locked.failure_error = ""
+                locked.failure_reason = ""
+        locked.prompt_token_cost = totals["prompt"]
+        locked.output_token_cost = totals["output"]
+        locked.total_cost = totals["total"]
+        locked.results_fetched_at = now
+        locked.results_next_read_at = None
+        locked.results_stored_count = totals["all"] - failed_now
+        locked.save()
+        tally = {
+            "total": totals["all"],
+            "completed": totals["completed"],
+            "failed": totals["failed"],
+        }
+        transaction.on_commit(
+            lambda: signals.batch_finished.send(
+                sender=ModelCompletionBatch, batch=locked, status=locked.status, counts=tally
+            )
+        )
+    return locked
+
+
+def _wait_for_results(
+    locked: ModelCompletionBatch, now: datetime, since: datetime, stored: int, expected: int
+) -> None:
+    """Record a short harvest and when to read again; the batch stays awaiting harvest."""
+    wait = timedelta(seconds=float(get_setting("RESULTS_WAIT_SECONDS")))
+    attempts = locked.results_read_attempts + 1
+    next_read = now + _results_backoff(attempts, since + wait - now)
+    locked.results_lacking_since = since
+    locked.results_read_attempts = attempts
+    locked.results_next_read_at = next_read
+    locked.results_stored_count = stored
+    fields = [
+        "results_lacking_since",
+        "results_read_attempts",
+        "results_next_read_at",
+        "results_stored_count",
+    ]
+    if locked.failure_error not in OWN_FAILURE_KINDS:
+        locked.failure_error = FailureKind.RESULTS_INCOMPLETE
+        locked.failure_reason = (
+            f"The provider has served {stored} of the {expected} results its counters "
+            f"report; reading again after {next_read:%Y-%m-%d %H:%M:%S} UTC, for up to "
+            f"{wait.total_seconds():g} s after {since:%Y-%m-%d %H:%M:%S} UTC."
+        )
+        fields += ["failure_error", "failure_reason"]
+    locked.save(update_fields=fields)
+    logger.info("Batch %s: %s of %s results served so far", locked.pk, stored, expected)
+
+
+STORE_ERRORS = (DatabaseError, ValueError, RecursionError, OverflowError)
+TOKEN_FIELDS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "reasoning_tokens",
+    "cached_tokens",
+)
+PENDING = CompletionStatus.PENDING
+
+
+def _savepoint() -> Any:
+    """A savepoint where a refused statement would abort the whole transaction (PostgreSQL);
+    elsewhere the transaction survives a refused statement, and a savepoint costs two queries."""
+    if connection.vendor == "postgresql":
+        return transaction.atomic()
+    return contextlib.nullcontext()
+
+
+def _unstorable_row(
+    batch_pk: int, custom_id: str, error: BaseException, now: datetime
+) -> dict[str, Any]:
+    """A failed line that says why its result could not be stored."""
+    row: dict[str, Any] = {name: None for name in RESULT_FIELDS}
+    row.update(
+        batch=batch_pk,
+        batch_custom_id=custom_id,
+        status=CompletionStatus.FAILED,
+        raw_response="",
+        finish_reason="",
+        failure_error=FailureKind.UNSTORABLE,
+        failure_reason=clean_text(f"The result could not be stored: {one_line(error)}")[0][
+            :FAILURE_TEXT_LIMIT
+        ],
+        failed_at=now,
+    )
+    return row
+
+
+def _results_gone(error: ProviderError) -> bool:
+    """The provider says this batch's results do not exist (any more)."""
+    return isinstance(error, ProviderNotFound) or error.status_code in (404, 410)
+
+
+def _results_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
+    """(outcomes stored, outcomes the provider counts) when results are still to come."""
+    counts = batch.request_counts or {}
+    expected = count_of(counts, "succeeded") + count_of(counts, "failed")
+    if not expected:
+        return None
+    outcomes = (
+        batch.completions.exclude(status=CompletionStatus.PENDING)
+        .exclude(failure_error__in=UNCOUNTED_KINDS)
+        .count()
+    )
+    if outcomes >= expected:
+        return None
+    if not batch.completions.filter(status=CompletionStatus.PENDING).exists():
+        return None  # nothing left to wait for, whatever the counters say
+    return outcomes, expected
+
+
+def _results_backoff(attempts: int, remaining: timedelta) -> timedelta:
+    """Doubling from POLL_INTERVAL, capped, and never past the end of the wait."""
+    base = max(float(get_setting("POLL_INTERVAL")), 1.0)
+    delay = timedelta(seconds=min(base * 2 ** min(attempts - 1, 16), RESULTS_BACKOFF_MAX))
+    return max(min(delay, remaining), timedelta(0))
+
+
+def _wants_json(response_format: Any) -> bool:
+    return isinstance(response_format, dict) and response_format.get("type") in STRUCTURED_FORMATS
+
+
+def _failure_kind(message: str) -> str:
+    lowered = message.lower()
+    if "cancel" in lowered:
+        return FailureKind.REQUEST_CANCELLED
+    if "expired" in lowered:
+        return FailureKind.REQUEST_EXPIRED
+    return FailureKind.PROVIDER_ERROR
