@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.text import get_text_list
 
+from ...conf import provider_label, provider_setting_name, require_api_key
 from ...exceptions import BatchConfigurationError, ProviderAuthenticationError
 from ...polling import RunReport
 
@@ -35,6 +36,8 @@ class BatchCommand(BaseCommand):
             logger.addHandler(handler)
         logger.setLevel(LOG_LEVELS.get(verbosity, logging.DEBUG))
         try:
+            if not options.get("dry_run"):  # the work needs a key: say so before any of it
+                require_api_key()
             return super().execute(*args, **options)
         except BatchConfigurationError as error:
             raise CommandError(f"configuration: {error}") from error
@@ -45,9 +48,11 @@ class BatchCommand(BaseCommand):
             self.stdout.write(self.style.WARNING(note))
         if report.fatal is not None:
             if isinstance(report.fatal, ProviderAuthenticationError):
+                provider = getattr(report.fatal, "provider", None) or "xai"
+                name = provider_setting_name("API_KEY", provider)
                 raise CommandError(
-                    "xAI rejected the API key (set RAIF_BATCHES['XAI_API_KEY'] or XAI_API_KEY): "
-                    f"{report.fatal}"
+                    f"{provider_label(provider)} rejected the API key (set "
+                    f"RAIF_BATCHES['{name}'] or {name}): {report.fatal}"
                 )
             raise CommandError(report.fatal.one_line)
         self.stdout.write(summary)
