@@ -111,11 +111,11 @@ def insert_instances(
                 f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS v({types})"
             )
             encoded = (
-                _encode_row({f.column: _json_value(f, value(f, obj), connection) for f in fields})
+                _encode_row({_col(f): _json_value(f, value(f, obj), connection) for f in fields})
                 for obj in objs
             )
-            for chunk in _chunks(encoded, _text_bytes, statement_bytes(connection), len(objs)):
-                cursor.execute(sql, ["[" + ",".join(chunk) + "]"])
+            for document in _chunks(encoded, _text_bytes, statement_bytes(connection), len(objs)):
+                cursor.execute(sql, ["[" + ",".join(document) + "]"])
                 inserted += int(cursor.rowcount)
             return inserted
         placeholders = "(" + ", ".join("%s" for _ in fields) + ")"
