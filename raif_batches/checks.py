@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 
 from .conf import (
     DEFAULTS,
@@ -214,3 +215,27 @@ def _valid_base_url(value: Any) -> bool:
         and bool(parts.hostname)
         and not (parts.query or parts.fragment or any(c.isspace() for c in value))
     )
+
+
+@register(Tags.database)
+def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Error]:
+    """Concurrent pollers need ``SELECT … FOR UPDATE SKIP LOCKED``: PostgreSQL, MySQL 8.0.1+ or
+    MariaDB 10.6+. SQLite (development, one process) has no row locks and needs none.
+
+    Run by ``migrate`` and ``check --database``, since it asks the server for its version.
+    """
+    problems: list[Error] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor == "sqlite":
+            continue
+        if not connection.features.has_select_for_update_skip_locked:
+            problems.append(
+                _error(
+                    12,
+                    f"Database {alias!r} ({connection.display_name}) has no SELECT ... FOR "
+                    "UPDATE SKIP LOCKED, which concurrent pollers need.",
+                    "Use PostgreSQL, MySQL 8.0.1+ or MariaDB 10.6+.",
+                )
+            )
+    return problems

@@ -138,3 +138,20 @@ def test_inserts_are_split_by_bytes_and_keep_every_value(settings: Any) -> None:
         assert stored.extra_body == {"seed": i, "nested": {"none": None}}
         assert stored.status == CompletionStatus.PENDING
         assert stored.created_at is not None
+
+
+def test_custom_ids_that_differ_only_by_case_are_distinct() -> None:
+    """MySQL/MariaDB compare text without case by default; the provider does not."""
+    from raif_batches import create_batch
+
+    batch = create_batch(
+        provider="xai",
+        model="grok-4.3",
+        requests=[
+            {"custom_id": "ticket-a", "messages": user("lower")},
+            {"custom_id": "ticket-A", "messages": user("upper")},
+        ],
+    )
+    lower = ModelCompletion.objects.get(batch=batch, batch_custom_id="ticket-a")
+    assert lower.messages == user("lower")
+    assert batch.completions.filter(batch_custom_id__in=["ticket-A"]).count() == 1

@@ -220,3 +220,18 @@ def test_the_emulator_starts_without_any_key(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+@pytest.mark.django_db
+def test_a_database_without_skip_locked_is_an_error(monkeypatch: Any) -> None:
+    from django.db import connection
+
+    from raif_batches.checks import check_databases
+
+    assert check_databases(databases=["default"]) == []
+    if connection.vendor == "sqlite":
+        monkeypatch.setattr(connection, "vendor", "mysql")  # SQLite alone is exempt
+    monkeypatch.setattr(connection.features, "has_select_for_update_skip_locked", False)
+    problems = check_databases(databases=["default"])
+    assert [p.id for p in problems] == ["raif_batches.E012"]
+    assert "MariaDB 10.6+" in str(problems[0].hint)
