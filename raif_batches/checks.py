@@ -1,14 +1,33 @@
-"""System checks (``raif_batches.E001`` …): bad settings fail at startup, with a hint."""
+"""System checks (``raif_batches.E001`` …): bad settings fail at startup, with a hint.
+
+A missing API key is not an error here: it stops only the work that needs it (submit, poll,
+cancel, harvest, each with the same one line), so ``migrate``, ``runserver``, ``test``, CI builds
+and the emulators run without one. ``W010`` says so when no provider has a key at all. Each
+registered provider's own settings are checked under their exact names (``E003`` base URL,
+``E013`` key shape); a ``<PREFIX>_API_KEY``/``<PREFIX>_BASE_URL`` of a provider that is not
+registered is only a warning (``W002``), since it may belong to a provider added later.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 
-from .conf import DEFAULTS, get_setting
+from .conf import (
+    DEFAULTS,
+    PROVIDER_LABELS,
+    PROVIDER_SETTINGS,
+    get_setting,
+    is_provider_setting,
+    known_providers,
+    provider_setting_name,
+)
 from .exceptions import BatchConfigurationError
+from .providers import BUILTIN_PROVIDERS, get_strategy_class, provider_paths
 
 NUMBER_SETTINGS = (
     "POLL_INTERVAL",
@@ -29,6 +48,7 @@ INTEGER_SETTINGS = (
     "RESULTS_GONE_ATTEMPTS",
     "MAX_RESPONSE_BYTES",
     "LISTING_MAX_PAGES",
+    "MAX_STATEMENT_BYTES",
 )
 #: Seconds a lease must outlast one whole HTTP call (connect + read timeout): the time between
 #: renewing the lease under the row lock and sending the create, and recording its end.
@@ -40,40 +60,20 @@ def _error(code: int, message: str, hint: str) -> Error:
 
 
 @register(Tags.compatibility)
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     configured = getattr(settings, "RAIF_BATCHES", {})
     if not isinstance(configured, dict):
         return [
             _error(1, "settings.RAIF_BATCHES must be a dict.", "RAIF_BATCHES = {'XAI_API_KEY': …}")
         ]
-    problems: list[Error] = []
-    unknown = set(configured) - set(DEFAULTS)
-    if unknown:
-        problems.append(
-            _error(
-                2,
-                f"Unknown RAIF_BATCHES keys: {', '.join(sorted(unknown))}.",
-                f"Known keys: {', '.join(sorted(DEFAULTS))}.",
-            )
-        )
-    if not get_setting("XAI_API_KEY"):
-        problems.append(
-            _error(
-                10,
-                "No xAI API key is configured; batches cannot be submitted or polled.",
-                "Set RAIF_BATCHES['XAI_API_KEY'] or the XAI_API_KEY environment variable "
-                "(the key is read at run time and never stored).",
-            )
-        )
-    base_url = get_setting("XAI_BASE_URL")
-    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        problems.append(
-            _error(
-                3,
-                f"XAI_BASE_URL must be an http(s) URL, not {base_url!r}.",
-                "For example 'https://api.x.ai/v1' (the default).",
-            )
-        )
+    problems: list[CheckMessage] = []
+    try:
+        providers = known_providers()
+    except BatchConfigurationError:
+        # E009 below says what is wrong with PROVIDERS.
+        providers = list(dict.fromkeys([*BUILTIN_PROVIDERS, *PROVIDER_LABELS]))
+    problems.extend(_unknown_keys(configured, providers))
+    problems.extend(_provider_problems(providers))
     for name in NUMBER_SETTINGS:
         value = get_setting(name)
         if not _valid_number(value):
@@ -129,8 +129,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     except BatchConfigurationError as error:
         problems.append(_error(8, str(error), "See the pricing section of the README."))
     try:
-        from .providers import get_strategy_class, provider_paths
-
         for provider in provider_paths():
             get_strategy_class(provider)
     except BatchConfigurationError as error:
@@ -167,3 +165,113 @@ def _valid_timeout(value: Any) -> bool:
     if isinstance(value, list | tuple) and len(value) == 2:
         return all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value)
     return False
+
+
+def _unknown_keys(configured: dict[str, Any], providers: list[str]) -> list[CheckMessage]:
+    known = set(DEFAULTS)
+    for provider in providers:
+        known.update(provider_setting_name(name, provider) for name in PROVIDER_SETTINGS)
+        # A provider may override a general setting under its prefix.
+        known.update(provider_setting_name(name, provider) for name in DEFAULTS)
+    unknown = set(configured) - known
+    foreign = sorted(name for name in unknown if is_provider_setting(name))
+    unknown -= set(foreign)
+    problems: list[CheckMessage] = []
+    if unknown:
+        problems.append(
+            _error(
+                2,
+                f"Unknown RAIF_BATCHES keys: {', '.join(sorted(unknown))}.",
+                f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+            )
+        )
+    if foreign:
+        problems.append(
+            Warning(
+                f"RAIF_BATCHES has settings of providers that are not registered: "
+                f"{', '.join(foreign)}.",
+                hint=f"Registered providers: {', '.join(providers)}; add yours to "
+                "RAIF_BATCHES['PROVIDERS'].",
+                id="raif_batches.W002",
+            )
+        )
+    return problems
+
+
+def _provider_problems(providers: list[str]) -> list[CheckMessage]:
+    problems: list[CheckMessage] = []
+    any_key = False
+    for provider in providers:
+        url_name = provider_setting_name("BASE_URL", provider)
+        url = get_setting(url_name)
+        if url is not None and not _valid_base_url(url):
+            problems.append(
+                _error(
+                    3,
+                    f"{url_name} must be an http(s) URL without query or fragment, not {url!r}.",
+                    f"For example {DEFAULTS.get(url_name) or 'https://api.example.com/v1'!r}"
+                    + (" (the default)." if url_name in DEFAULTS else "."),
+                )
+            )
+        key_name = provider_setting_name("API_KEY", provider)
+        key = get_setting(key_name)
+        if not key:
+            continue
+        any_key = True
+        if not isinstance(key, str) or any(c.isspace() or not c.isprintable() for c in key):
+            # Never echo the key: only what is wrong with it.
+            problems.append(
+                _error(
+                    13,
+                    f"{key_name} must be a string without spaces, line breaks or control "
+                    "characters (as copied into an Authorization header).",
+                    "Check for a trailing newline in the secret's file or variable.",
+                )
+            )
+    if not any_key:
+        names = ", ".join(provider_setting_name("API_KEY", p) for p in providers)
+        problems.append(
+            Warning(
+                "No provider API key is configured; submitting, polling, cancelling and "
+                "harvesting batches will stop with a one-line error until one is set.",
+                hint=f"Set one of {names} in RAIF_BATCHES or the environment (read at run "
+                "time, never stored).",
+                id="raif_batches.W010",
+            )
+        )
+    return problems
+
+
+def _valid_base_url(value: Any) -> bool:
+    if not isinstance(value, str) or value != value.strip():
+        return False
+    parts = urlsplit(value)
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not (parts.query or parts.fragment or any(c.isspace() for c in value))
+    )
+
+
+@register(Tags.database)
+def check_databases(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Error]:
+    """Concurrent pollers need ``SELECT … FOR UPDATE SKIP LOCKED``: PostgreSQL, MySQL 8.0.1+ or
+    MariaDB 10.6+. SQLite (development, one process) has no row locks and needs none.
+
+    Run by ``migrate`` and ``check --database``, since it asks the server for its version.
+    """
+    problems: list[Error] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor == "sqlite":
+            continue
+        if not connection.features.has_select_for_update_skip_locked:
+            problems.append(
+                _error(
+                    12,
+                    f"Database {alias!r} ({connection.display_name}) has no SELECT ... FOR "
+                    "UPDATE SKIP LOCKED, which concurrent pollers need.",
+                    "Use PostgreSQL, MySQL 8.0.1+ or MariaDB 10.6+.",
+                )
+            )
+    return problems

@@ -1,11 +1,25 @@
-"""The one settings lookup: ``RAIF_BATCHES[name]`` → environment (for the two xAI keys) → default.
+"""The one settings lookup: ``RAIF_BATCHES[name]`` → environment (provider keys and URLs) → default.
 
-Every value is read at call time, so ``override_settings`` and pytest-django's ``settings``
-fixture take effect at once.
+Rules:
+
+- Every value is read at call time, so ``override_settings`` and pytest-django's ``settings``
+  fixture take effect at once.
+- A provider's own settings are ``<PREFIX>_API_KEY`` and ``<PREFIX>_BASE_URL``, where the prefix
+  is the provider key upper-cased (``openai`` → ``OPENAI_API_KEY``). Only these fall back to the
+  environment variable of the same name (read with django-environ): secrets and endpoints are what
+  deployments inject, and the rest of the settings belong in ``settings.py``. A third-party
+  provider registered in ``PROVIDERS`` reads its own pair the same way, so such names are never
+  refused as unknown.
+- ``get_setting("API_KEY", provider="openai")`` is ``get_setting("OPENAI_API_KEY")``; for a
+  general setting, ``get_setting("POLL_INTERVAL", provider="openai")`` takes
+  ``RAIF_BATCHES["OPENAI_POLL_INTERVAL"]`` when set, else the general value.
+- A missing key is an error only for the work that needs it (:func:`api_key`), never at import
+  or start-up: ``migrate``, ``check``, ``runserver``, tests and the emulators run without one.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,12 +30,20 @@ from .exceptions import BatchConfigurationError
 
 _env = environ.Env()
 
-#: Names that fall back to an environment variable of the same name.
-ENVIRONMENT_FALLBACK = ("XAI_API_KEY", "XAI_BASE_URL")
+#: The settings each provider has under its own prefix.
+PROVIDER_SETTINGS = ("API_KEY", "BASE_URL")
+_PROVIDER_SETTING = re.compile(r"^(?P<prefix>[A-Z][A-Z0-9_]*?)_(?P<name>API_KEY|BASE_URL)$")
+
+#: How messages name the built-in providers; any other provider is named by its key.
+PROVIDER_LABELS = {"xai": "xAI", "openai": "OpenAI", "anthropic": "Anthropic"}
 
 DEFAULTS: dict[str, Any] = {
     "XAI_API_KEY": None,
     "XAI_BASE_URL": "https://api.x.ai/v1",
+    "OPENAI_API_KEY": None,
+    "OPENAI_BASE_URL": "https://api.openai.com/v1",
+    "ANTHROPIC_API_KEY": None,
+    "ANTHROPIC_BASE_URL": "https://api.anthropic.com",
     # Seconds: (connect, read) for each HTTP call.
     "REQUEST_TIMEOUT": (10.0, 60.0),
     # Retries of idempotent calls on timeouts, dropped connections, 5xx and 429.
@@ -82,26 +104,66 @@ DEFAULTS: dict[str, Any] = {
     # provider fault: a pagination token that changes on every page would never end.
     "LISTING_MAX_PAGES": 10_000,
     "LISTING_MAX_SECONDS": 1800.0,
+    # Bytes of row data in one bulk statement (results page, request chunk); bigger pages are
+    # split. Well under PostgreSQL's 256 MB jsonb limit; on MySQL/MariaDB also held under half
+    # of the server's max_allowed_packet.
+    "MAX_STATEMENT_BYTES": 16 * 1024 * 1024,
 }
 
 
-def get_setting(name: str) -> Any:
-    """Return a raif_batches setting, with the documented precedence."""
-    if name not in DEFAULTS:
-        raise KeyError(f"Unknown raif_batches setting {name!r}")
+def setting_prefix(provider: str) -> str:
+    """``openai`` → ``OPENAI``; a character that cannot be in an environment name becomes ``_``."""
+    return re.sub(r"[^A-Z0-9]", "_", provider.upper())
+
+
+def provider_setting_name(name: str, provider: str) -> str:
+    return f"{setting_prefix(provider)}_{name}"
+
+
+def is_provider_setting(name: str) -> bool:
+    """Whether ``name`` is some provider's ``<PREFIX>_API_KEY`` or ``<PREFIX>_BASE_URL``."""
+    return _PROVIDER_SETTING.match(name) is not None
+
+
+def configured_settings() -> dict[str, Any]:
     configured = getattr(settings, "RAIF_BATCHES", None) or {}
     if not isinstance(configured, dict):
         raise BatchConfigurationError(
             f"settings.RAIF_BATCHES must be a dict, not {type(configured).__name__}."
         )
+    return configured
+
+
+def get_setting(name: str, provider: str | None = None) -> Any:
+    """Return a raif_batches setting, with the documented precedence.
+
+    With ``provider``, ``name`` is either a provider setting without its prefix (``API_KEY``,
+    ``BASE_URL``) or a general setting that the provider may override under its prefix.
+    """
+    if provider is not None:
+        prefixed = provider_setting_name(name, provider)
+        if name in PROVIDER_SETTINGS:
+            return get_setting(prefixed)
+        general = get_setting(name)
+        configured = configured_settings()
+        if prefixed not in configured:
+            return general
+        value = configured[prefixed]
+        return (
+            {**general, **value} if isinstance(general, dict) and isinstance(value, dict) else value
+        )
+    if name not in DEFAULTS and not is_provider_setting(name):
+        raise KeyError(f"Unknown raif_batches setting {name!r}")
+    configured = configured_settings()
+    default = DEFAULTS.get(name)
     if name in configured:
         value = configured[name]
-    elif name in ENVIRONMENT_FALLBACK and _env.str(name, default=""):
+    elif is_provider_setting(name) and _env.str(name, default=""):
         value = _env.str(name)
     else:
-        value = DEFAULTS[name]
-    if isinstance(DEFAULTS[name], dict) and isinstance(value, dict):
-        value = {**DEFAULTS[name], **value}
+        value = default
+    if isinstance(default, dict) and isinstance(value, dict):
+        value = {**default, **value}
     return value
 
 
@@ -156,13 +218,64 @@ def max_response_bytes() -> int:
 def listing_bounds() -> tuple[int, float]:
     """(pages, seconds) one listing may take."""
     return positive_integer_setting("LISTING_MAX_PAGES"), seconds_setting("LISTING_MAX_SECONDS")
+def provider_label(provider: str) -> str:
+    return PROVIDER_LABELS.get(provider, provider)
+
+
+def missing_key_message(provider: str) -> str:
+    """The one line every command, action and task shows when ``provider`` has no key."""
+    name = provider_setting_name("API_KEY", provider)
+    return (
+        f"No {provider_label(provider)} API key: set RAIF_BATCHES['{name}'] or the {name} "
+        "environment variable."
+    )
 
 
 def api_key(provider: str = "xai") -> str:
-    key = get_setting("XAI_API_KEY")
+    """``provider``'s key; :class:`BatchConfigurationError` naming the exact setting if unset."""
+    key = get_setting("API_KEY", provider=provider)
     if not key:
-        raise BatchConfigurationError(
-            "No xAI API key: set RAIF_BATCHES['XAI_API_KEY'] or the XAI_API_KEY environment "
-            "variable."
-        )
+        raise BatchConfigurationError(missing_key_message(provider))
     return str(key)
+
+
+def base_url(provider: str = "xai") -> str:
+    """``provider``'s base URL without a trailing slash."""
+    url = get_setting("BASE_URL", provider=provider)
+    if not url:
+        raise BatchConfigurationError(
+            f"No {provider_label(provider)} base URL: set "
+            f"RAIF_BATCHES['{provider_setting_name('BASE_URL', provider)}']."
+        )
+    return str(url).rstrip("/")
+
+
+def known_providers() -> list[str]:
+    """The registered providers and the built-in ones, xAI first."""
+    from .providers import provider_paths
+
+    return list(dict.fromkeys([*provider_paths(), *PROVIDER_LABELS]))
+
+
+def configured_api_keys() -> list[str]:
+    """Every provider key that is set, for redaction wherever an error is shown."""
+    keys = []
+    for provider in known_providers():
+        try:
+            key = get_setting("API_KEY", provider=provider)
+        except BatchConfigurationError:
+            continue
+        if key:
+            keys.append(str(key))
+    return keys
+
+
+def require_api_key(providers: list[str] | None = None) -> None:
+    """Stop before any work when none of ``providers`` (default: every known one) has a key.
+
+    The message is the first provider's (xAI's by default), the same line the work itself would
+    fail with, so a run without any key fails at once, even with nothing due.
+    """
+    wanted = providers if providers is not None else known_providers()
+    if wanted and not any(get_setting("API_KEY", provider=p) for p in wanted):
+        raise BatchConfigurationError(missing_key_message(wanted[0]))

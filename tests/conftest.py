@@ -67,9 +67,13 @@ def hostile_emulator(settings: Any) -> Iterator[Any]:
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     from django.conf import settings
 
-    if not settings.configured or connection.vendor == "postgresql":
+    if not settings.configured:
         return
-    skip = pytest.mark.skip(reason="needs PostgreSQL (real row locks and processes)")
+    # `row_locks`: real processes and SKIP LOCKED, which MySQL 8 / MariaDB 10.6+ have too;
+    # `postgres`: PostgreSQL itself (its triggers, its SQL).
+    vendor = connection.vendor
     for item in items:
-        if "postgres" in item.keywords:
-            item.add_marker(skip)
+        if "postgres" in item.keywords and vendor != "postgresql":
+            item.add_marker(pytest.mark.skip(reason="needs PostgreSQL"))
+        elif "row_locks" in item.keywords and vendor not in ("postgresql", "mysql"):
+            item.add_marker(pytest.mark.skip(reason="needs real row locks (PostgreSQL or MariaDB)"))

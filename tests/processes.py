@@ -31,11 +31,12 @@ class Finished:
 def database_url() -> str:
     """The URL of the database the test runs on (pytest-django's test database)."""
     db = connection.settings_dict
+    mysql = connection.vendor == "mysql"
     host = db.get("HOST") or "127.0.0.1"
-    port = db.get("PORT") or 5432
-    user = db.get("USER") or "postgres"
+    port = db.get("PORT") or (3306 if mysql else 5432)
+    user = db.get("USER") or ("root" if mysql else "postgres")
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{host}:{port}/{db['NAME']}"
+    return f"{'mysql' if mysql else 'postgres'}://{user}{password}@{host}:{port}/{db['NAME']}"
 
 
 def environment(emulator: Any, **raif_settings: Any) -> dict[str, str]:

@@ -257,7 +257,7 @@ def test_expired_upload_is_uploaded_again_before_the_only_create(emulator: Any) 
     assert_one_provider_batch_and_every_result_once(emulator, run_to_end(batch), 2)
 
 
-@pytest.mark.postgres
+@pytest.mark.row_locks
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("step", ["after_upload", "before_create", "after_create"])
 def test_killed_process_resumed_by_another(emulator: Any, step: str) -> None:

@@ -23,6 +23,7 @@ from django.db import DatabaseError
 from django.utils.text import get_text_list
 
 from ... import stopping
+from ...conf import provider_label, provider_setting_name, require_api_key
 from ...exceptions import BatchConfigurationError, ProviderAuthenticationError
 from ...polling import RunReport
 
@@ -69,6 +70,8 @@ class BatchCommand(BaseCommand):
     def execute(self, *args: Any, **options: Any) -> Any:
         self.verbosity = int(options.get("verbosity", 1))
         try:
+            if not options.get("dry_run"):  # the work needs a key: say so before any of it
+                require_api_key()
             if self.graceful:
                 with stopping.graceful_stop():
                     return super().execute(*args, **options)
@@ -102,9 +105,11 @@ class BatchCommand(BaseCommand):
             self.stdout.write(self.style.WARNING(note))
         if report.fatal is not None:
             if isinstance(report.fatal, ProviderAuthenticationError):
+                provider = getattr(report.fatal, "provider", None) or "xai"
+                name = provider_setting_name("API_KEY", provider)
                 raise CommandError(
-                    "xAI rejected the API key (set RAIF_BATCHES['XAI_API_KEY'] or XAI_API_KEY): "
-                    f"{one_line(report.fatal)}"
+                    f"{provider_label(provider)} rejected the API key (set "
+                    f"RAIF_BATCHES['{name}'] or {name}): {one_line(report.fatal)}"
                 )
             raise CommandError(report.fatal.one_line)
         if self.verbosity >= 1:

@@ -1,0 +1,157 @@
+"""Bulk writes on every database: exact values, idempotent filters, statements bounded by bytes."""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from raif_batches.bulk import insert_instances, update_from_values
+from raif_batches.models import CompletionStatus, ModelCompletion
+
+from .helpers import make_batch, user
+
+pytestmark = pytest.mark.django_db
+
+SET_FIELDS = (
+    "status",
+    "raw_response",
+    "response_payload",
+    "response_json",
+    "prompt_tokens",
+    "total_cost",
+    "completed_at",
+)
+
+
+def statements(context: CaptureQueriesContext, verb: str) -> int:
+    return sum(1 for query in context.captured_queries if query["sql"].lstrip().startswith(verb))
+
+
+def result_row(pk: int, text: str, when: datetime.datetime) -> dict[str, Any]:
+    return {
+        "id": pk,
+        "status": CompletionStatus.COMPLETED,
+        "raw_response": text,
+        "response_payload": {"nested": {"list": [1, 2.5, None, "é🙂"]}, "quote": "a'b\"c\\d"},
+        "response_json": None,
+        "prompt_tokens": 2_000_000_000,
+        "total_cost": Decimal("0.0000000001"),
+        "completed_at": when,
+    }
+
+
+def test_update_stores_every_value_exactly_and_respects_the_filter() -> None:
+    batch = make_batch(3)
+    first, second, third = batch.completions.order_by("pk")
+    ModelCompletion.objects.filter(pk=third.pk).update(status=CompletionStatus.FAILED)
+    when = timezone.now().replace(microsecond=123456)
+    texts = {
+        first.pk: "plain",
+        second.pk: "line\nbreak, 'quotes' \"and\" \\ 🙂 中文",
+        third.pk: "x",
+    }
+    changed = update_from_values(
+        ModelCompletion,
+        key_fields=("id",),
+        set_fields=SET_FIELDS,
+        rows=[result_row(pk, text, when) for pk, text in texts.items()],
+        where="t.status = %s",
+        where_params=[CompletionStatus.PENDING],
+    )
+    assert changed == 2
+    for pk in (first.pk, second.pk):
+        stored = ModelCompletion.objects.get(pk=pk)
+        assert stored.status == CompletionStatus.COMPLETED
+        assert stored.raw_response == texts[pk]
+        assert stored.response_payload == result_row(pk, "", when)["response_payload"]
+        assert stored.response_json is None
+        assert stored.prompt_tokens == 2_000_000_000
+        assert stored.total_cost == Decimal("0.0000000001")
+        assert stored.completed_at == when
+    untouched = ModelCompletion.objects.get(pk=third.pk)
+    assert untouched.status == CompletionStatus.FAILED and untouched.raw_response == ""
+
+
+def test_a_page_bigger_than_the_byte_bound_is_split_and_fully_stored(settings: Any) -> None:
+    batch = make_batch(12)
+    pks = list(batch.completions.order_by("pk").values_list("pk", flat=True))
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_STATEMENT_BYTES": 100_000}
+    answer = "ü" * 20_000  # 40,000 bytes in UTF-8: two rows fit a statement, three do not
+    when = timezone.now()
+    with CaptureQueriesContext(connection) as context:
+        changed = update_from_values(
+            ModelCompletion,
+            key_fields=("id",),
+            set_fields=SET_FIELDS,
+            rows=[result_row(pk, answer + str(pk), when) for pk in pks],
+        )
+    assert changed == 12
+    assert statements(context, "UPDATE") == 6
+    for pk in pks:
+        assert ModelCompletion.objects.get(pk=pk).raw_response == answer + str(pk)
+
+
+def test_a_row_bigger_than_the_bound_goes_alone(settings: Any) -> None:
+    batch = make_batch(3)
+    pks = list(batch.completions.order_by("pk").values_list("pk", flat=True))
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_STATEMENT_BYTES": 1_000}
+    when = timezone.now()
+    with CaptureQueriesContext(connection) as context:
+        changed = update_from_values(
+            ModelCompletion,
+            key_fields=("id",),
+            set_fields=SET_FIELDS,
+            rows=[result_row(pk, "x" * 5_000, when) for pk in pks],
+        )
+    assert changed == 3
+    assert statements(context, "UPDATE") == 3
+    assert set(ModelCompletion.objects.values_list("raw_response", flat=True)) == {"x" * 5_000}
+
+
+def test_inserts_are_split_by_bytes_and_keep_every_value(settings: Any) -> None:
+    batch = make_batch(1)
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_STATEMENT_BYTES": 50_000}
+    content = "q" * 20_000  # about 20 KB a row: two fit a statement, three do not
+    objs = [
+        ModelCompletion(
+            batch=batch,
+            batch_custom_id=f"big-{i}",
+            messages=user(content + str(i)),
+            temperature=0.25,
+            extra_body={"seed": i, "nested": {"none": None}},
+        )
+        for i in range(6)
+    ]
+    with CaptureQueriesContext(connection) as context:
+        assert insert_instances(ModelCompletion, objs) == 6
+    assert statements(context, "INSERT") == 3
+    for i in range(6):
+        stored = ModelCompletion.objects.get(batch=batch, batch_custom_id=f"big-{i}")
+        assert stored.messages == user(content + str(i))
+        assert stored.temperature == 0.25
+        assert stored.extra_body == {"seed": i, "nested": {"none": None}}
+        assert stored.status == CompletionStatus.PENDING
+        assert stored.created_at is not None
+
+
+def test_custom_ids_that_differ_only_by_case_are_distinct() -> None:
+    """MySQL/MariaDB compare text without case by default; the provider does not."""
+    from raif_batches import create_batch
+
+    batch = create_batch(
+        provider="xai",
+        model="grok-4.3",
+        requests=[
+            {"custom_id": "ticket-a", "messages": user("lower")},
+            {"custom_id": "ticket-A", "messages": user("upper")},
+        ],
+    )
+    lower = ModelCompletion.objects.get(batch=batch, batch_custom_id="ticket-a")
+    assert lower.messages == user("lower")
+    assert batch.completions.filter(batch_custom_id__in=["ticket-A"]).count() == 1
