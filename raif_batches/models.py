@@ -108,6 +108,8 @@ class FailureKind(models.TextChoices):
     NOT_FOUND = "not found at provider", "Not found at the provider"
     REQUEST_REJECTED = "request rejected by provider", "Request rejected by the provider"
     UNAVAILABLE = "provider unavailable", "Provider unavailable"
+    UNREADABLE_ANSWER = "unreadable answer from provider", "Unreadable answer from the provider"
+    ANSWER_TOO_LARGE = "provider answer too large", "Provider answer too large"
     SUBMISSION_UNKNOWN = "submission outcome unknown", "Submission outcome unknown"
     # Harvests.
     RESULTS_INCOMPLETE = "results incomplete", "Results incomplete (reading again)"

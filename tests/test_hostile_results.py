@@ -22,7 +22,7 @@ from django.core.management.base import CommandError
 from raif_batches import signals
 from raif_batches.clock import db_now
 from raif_batches.emulator import Fault
-from raif_batches.models import ModelCompletionBatch
+from raif_batches.models import ModelCompletion, ModelCompletionBatch
 from raif_batches.polling import poll, submit
 
 from .helpers import make_batch
@@ -394,9 +394,11 @@ def test_a_batch_deleted_meanwhile_is_skipped_and_the_others_run(emulator: Any) 
 
     def delete_doomed(sender: Any, batch: ModelCompletionBatch, **kwargs: Any) -> None:
         # Another process deletes a claimed batch after the run harvested the one before it
-        # (the middle one, whichever way the run orders them).
+        # (the middle one, whichever way the run orders them). The ORM refuses to delete a batch
+        # whose results are unread, so the row goes as raw SQL would take it.
         if batch.pk != doomed.pk:
-            ModelCompletionBatch.objects.filter(pk=doomed.pk).delete()
+            ModelCompletion.objects.filter(batch_id=doomed.pk)._raw_delete("default")
+            ModelCompletionBatch.objects.filter(pk=doomed.pk)._raw_delete("default")
 
     signals.completions_finished.connect(delete_doomed)
     try:
@@ -409,3 +411,39 @@ def test_a_batch_deleted_meanwhile_is_skipped_and_the_others_run(emulator: Any) 
         batch.refresh_from_db()
         assert batch.results_fetched_at is not None
         assert set(outcomes(batch).values()) == {"completed"}
+
+
+def test_a_cancel_time_far_ahead_does_not_hold_the_batch_for_ever(emulator: Any) -> None:
+    """A provider cancel time ahead of our clock (here the year 9999) counts from when we saw it:
+    the batch settles after the grace period and its results are stored."""
+    quick(emulator)
+    batch = submitted(2)
+    run("poll_batches", "--force")  # the emulator finishes both lines; the batch ends
+    batch.refresh_from_db()
+    assert batch.results_fetched_at is not None
+    fresh = submitted(2)
+    body = json.dumps(
+        {
+            "batch_id": fresh.provider_batch_id,
+            "name": fresh.provider_batch_name,
+            "create_time": "2026-11-27",
+            "expire_time": "2026-12-27",
+            "cancel_time": "9999-12-31",
+            "cancel_by_xai_message": None,
+            "state": {
+                "num_requests": 2,
+                "num_pending": 0,
+                "num_success": 2,
+                "num_error": 0,
+                "num_cancelled": 0,
+            },
+        }
+    ).encode()
+    emulator.add_fault(Fault("get_batch", "raw", status=200, raw_body=body, times=None))
+    for _ in range(3):
+        run("poll_batches", "--force")
+    fresh.refresh_from_db()
+    assert fresh.status == "ended"
+    assert fresh.cancel_reason == "provider"
+    assert fresh.results_fetched_at is not None
+    assert set(outcomes(fresh).values()) == {"completed"}

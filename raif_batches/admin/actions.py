@@ -22,6 +22,7 @@ from django.utils.translation import ngettext
 from .. import exports
 from ..api import retry_failed
 from ..exceptions import BatchStateError, InvalidBatchRequest, ProviderAuthenticationError
+from ..lifecycle import status
 from ..polling import RunReport, harvest, poll, submit
 from ..providers import get_strategy
 from .changelists import BATCH_LIST_DEFERRED
@@ -165,7 +166,7 @@ def cancel_action(modeladmin: Any, request: HttpRequest, queryset: QuerySet[Any]
         try:
             if batch.provider not in strategies:
                 strategies[batch.provider] = get_strategy(batch.provider)
-            strategies[batch.provider].cancel(batch, reason="admin")
+            status.cancel(strategies[batch.provider], batch, reason="admin")
         except BatchStateError as error:
             skipped.append(str(error))
         except ProviderAuthenticationError as error:

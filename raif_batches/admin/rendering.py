@@ -21,7 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 
-from ..conf import get_setting
+from ..conf import configured_api_keys
 from ..http import redact
 from ..models import ModelCompletionBatch
 
@@ -183,7 +183,9 @@ def safe_message(error: BaseException) -> str:
     """One line for an operator, with the configured API key redacted should it ever appear."""
     text = " ".join(str(getattr(error, "one_line", None) or error).split()) or type(error).__name__
     try:
-        key = get_setting("XAI_API_KEY")
+        keys = configured_api_keys()
     except Exception:  # a broken setting must not hide the error being reported
-        key = None
-    return redact(text, str(key) if key else None)
+        keys = []
+    for key in keys:
+        text = redact(text, key)
+    return text

@@ -102,6 +102,12 @@ def store_snapshot(batch: ModelCompletionBatch, snapshot: BatchSnapshot, now: da
     batch.provider_response = clean_json(snapshot.raw)[0]
     if snapshot.expires_at is not None:
         batch.expires_at = snapshot.expires_at
+    if snapshot.cancelled_at is not None and batch.cancel_requested_at is None:
+        # Cancelled at the provider, not by us: the grace period counts from when we first saw
+        # it, on our clock; a provider time ahead of ours (a bogus "9999-12-31") would
+        # otherwise hold the batch in `cancelling` for ever.
+        batch.cancel_requested_at = min(snapshot.cancelled_at, now)
+        batch.cancel_reason = "provider"
     rejection = clean_text(str(snapshot.rejection))[0] if snapshot.rejection else None
     if rejection and batch.rejected_at is None and not batch.is_terminal:
         # Shown at once, though lines still running are waited for before the batch fails.

@@ -171,14 +171,3 @@ class BatchStrategy:
 
     def parse_completion(self, payload: dict[str, Any]) -> ParsedCompletion:
         raise NotImplementedError
-
-    # -- kept for callers of the former methods -----------------------------------------------
-
-    def cancel(
-        self, batch: ModelCompletionBatch, *, reason: str = "requested"
-    ) -> ModelCompletionBatch:
-        """:func:`raif_batches.lifecycle.status.cancel` with this provider (cannot be
-        overridden; prefer ``batch.cancel(reason=...)``)."""
-        from ..lifecycle.status import cancel
-
-        return cancel(self, batch, reason=reason)

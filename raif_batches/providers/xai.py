@@ -26,7 +26,7 @@ from typing import IO, Any
 
 import requests
 
-from ..conf import api_key, get_setting, listing_bounds
+from ..conf import api_key, base_url, get_setting, listing_bounds
 from ..exceptions import AnswerTooLarge, InvalidBatchRequest, ProviderUnavailable
 from ..http import ApiClient, Validator, build_session, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
@@ -278,8 +278,8 @@ class XAIStrategy(BatchStrategy):
         if self._client is None:
             pool = int(get_setting("POLL_CONCURRENCY"))
             self._client = XAIClient(
-                str(get_setting("XAI_BASE_URL")),
-                api_key(),
+                base_url(self.provider),
+                api_key(self.provider),
                 session=build_session(pool_size=max(pool, 4)),
             )
         return self._client
