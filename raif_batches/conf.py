@@ -218,6 +218,8 @@ def max_response_bytes() -> int:
 def listing_bounds() -> tuple[int, float]:
     """(pages, seconds) one listing may take."""
     return positive_integer_setting("LISTING_MAX_PAGES"), seconds_setting("LISTING_MAX_SECONDS")
+
+
 def provider_label(provider: str) -> str:
     return PROVIDER_LABELS.get(provider, provider)
 

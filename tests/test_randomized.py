@@ -41,6 +41,7 @@ from .model_based.machine import BatchHistory, ProcessHistory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+
 #: Open bugs of issues 9 and 10 that these histories find on the code this test was written
 #: against; delete this marker once they are fixed (the integrator's step after merging).
 def _int(name: str, default: int) -> int:
