@@ -242,9 +242,9 @@ def test_json_nested_thousands_deep(emu: Any) -> None:
     client = Client(emu)
     batch_id = client.create([line("a")])["batch_id"]
     answer = client.http.get(f"{client.url}/batches/{batch_id}")
+    # What a parser makes of it differs by Python version (3.13's json reads 5,000 levels that
+    # 3.11's refuses); the client's own bound is tested in test_hostile_wire.py.
     assert answer.status_code == 200 and "[" * 5000 + "]" * 5000 in answer.text
-    with pytest.raises(RecursionError):
-        json.loads(answer.text)
 
 
 def test_bad_content_encoding(emu: Any) -> None:
