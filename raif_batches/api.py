@@ -16,6 +16,7 @@ from django.db import models, transaction
 from django.utils.module_loading import import_string
 
 from .bulk import insert_instances
+from .conf import provider_label
 from .exceptions import BatchConfigurationError, InvalidBatchRequest
 from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
 from .providers import get_strategy_class
@@ -52,7 +53,7 @@ LINE_OVERHEAD = 100
 
 def create_batch(
     provider: str = "xai",
-    model: str = "grok-4.3",
+    model: str | None = None,
     requests: Iterable[Mapping[str, Any]] = (),
     name: str | None = None,
     metadata: dict[str, Any] | None = None,
@@ -63,11 +64,15 @@ def create_batch(
 
     Each request is ``{"custom_id": ..., "messages": [...], **chat_completion_parameters}``,
     optionally with ``"source": <model instance>`` to link the completion to a domain object.
+    ``model`` defaults to the provider's ``default_model`` (xAI: ``grok-4.3``, OpenAI:
+    ``gpt-5-mini``, Anthropic: ``claude-haiku-4-5``). The provider's own limits are checked
+    here too (requests and bytes per batch, the custom id's characters and length, and what
+    it requires of a request, such as Anthropic's ``max_tokens``).
     Invalid input raises :class:`~raif_batches.exceptions.InvalidBatchRequest` (a
     ``ValueError``) naming the request and the problem, and creates nothing. A model missing
     from the price table gets an :class:`~raif_batches.validation.UnknownModelWarning`.
     """
-    strategy = _validate_batch_args(provider, model, name, metadata, handler, requests)
+    strategy, model = _validate_batch_args(provider, model, name, metadata, handler, requests)
     return _create(strategy, provider, model, requests, name, metadata, handler, retry_of)
 
 
@@ -95,7 +100,9 @@ def _create(
         chunk: list[ModelCompletion] = []
         count = 0
         for index, request in enumerate(requests):
-            completion, line_bytes = _build_completion(batch, model, index, request, seen)
+            completion, line_bytes = _build_completion(
+                batch, model, index, request, seen, strategy=strategy
+            )
             count += 1
             total_bytes += line_bytes
             if count > strategy.max_requests_per_batch:
@@ -134,7 +141,7 @@ def _create(
 
 def create_batches(
     provider: str = "xai",
-    model: str = "grok-4.3",
+    model: str | None = None,
     requests: Iterable[Mapping[str, Any]] = (),
     name: str | None = None,
     metadata: dict[str, Any] | None = None,
@@ -145,7 +152,7 @@ def create_batches(
 
     Custom ids must be unique across the whole set, so that a result maps back to one request.
     """
-    strategy = _validate_batch_args(provider, model, name, metadata, handler, requests)
+    strategy, model = _validate_batch_args(provider, model, name, metadata, handler, requests)
     batches: list[ModelCompletionBatch] = []
     seen: set[str] = set()
     with transaction.atomic():
@@ -230,12 +237,17 @@ def retry_failed(batch: ModelCompletionBatch, *, name: str | None = None) -> Mod
 
 def _validate_batch_args(
     provider: Any, model: Any, name: Any, metadata: Any, handler: Any, requests: Any
-) -> Any:
-    check_batch_args(provider, model, name, metadata, handler, requests)
+) -> tuple[Any, str]:
+    """The provider's strategy class and the model (its default when none is named)."""
+    if not isinstance(provider, str):
+        check_batch_args(provider, model, name, metadata, handler, requests)
     try:
         strategy = get_strategy_class(provider)
     except ValueError as error:
         raise InvalidBatchRequest(str(error)) from error
+    if model is None:
+        model = strategy.default_model
+    check_batch_args(provider, model, name, metadata, handler, requests)
     _warn_unknown_model(provider, model)
     if handler:
         try:
@@ -244,7 +256,7 @@ def _validate_batch_args(
             raise InvalidBatchRequest(f"handler {handler!r} cannot be imported: {error}") from error
         if not callable(target):
             raise InvalidBatchRequest(f"handler {handler!r} is not callable.")
-    return strategy
+    return strategy, model
 
 
 def _warn_unknown_model(provider: str, model: str) -> None:
@@ -270,6 +282,8 @@ def _build_completion(
     index: int,
     request: Mapping[str, Any],
     seen: set[str],
+    *,
+    strategy: Any,
 ) -> tuple[ModelCompletion, int]:
     if not isinstance(request, Mapping):
         raise InvalidBatchRequest("each request must be a dict.", index=index)
@@ -282,6 +296,9 @@ def _build_completion(
             "(starting with a letter or digit).",
             custom_id=custom_id[:80],
         )
+    provider_problem = _custom_id_problem(strategy, custom_id)
+    if provider_problem:
+        raise InvalidBatchRequest(provider_problem, custom_id=custom_id)
     if custom_id in seen:
         raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
     seen.add(custom_id)
@@ -322,6 +339,9 @@ def _build_completion(
     tools = request.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise fail("tools must be a list.")
+    provider_problem = strategy.check_request(request)
+    if provider_problem:
+        raise fail(provider_problem)
 
     source = request.get("source")
     content_type_id: int | None = None
@@ -363,6 +383,20 @@ def _build_completion(
     except (TypeError, ValueError) as error:
         raise fail(f"the request is not JSON-serialisable: {error}") from error
     return completion, line_bytes
+
+
+def _custom_id_problem(strategy: Any, custom_id: str) -> str | None:
+    """What the provider refuses in a custom id beyond the common rule, as a sentence."""
+    label = provider_label(strategy.provider)
+    if len(custom_id) > strategy.max_custom_id_length:
+        return (
+            f"custom_id is {len(custom_id)} characters; {label} accepts at most "
+            f"{strategy.max_custom_id_length}."
+        )
+    pattern = strategy.custom_id_pattern
+    if pattern is not None and re.fullmatch(pattern, custom_id) is None:
+        return f"custom_id must match {pattern} for {label}."
+    return None
 
 
 def _line_size(model: str, request: Mapping[str, Any]) -> int:

@@ -111,6 +111,11 @@ class FailureKind(models.TextChoices):
     UNREADABLE_ANSWER = "unreadable answer from provider", "Unreadable answer from the provider"
     ANSWER_TOO_LARGE = "provider answer too large", "Provider answer too large"
     SUBMISSION_UNKNOWN = "submission outcome unknown", "Submission outcome unknown"
+    RECONCILE_AMBIGUOUS = (
+        "lost create ambiguous",
+        "Lost create ambiguous (adopt a candidate or abandon)",
+    )
+    ABANDONED = "abandoned by operator", "Abandoned by the operator"
     # Harvests.
     RESULTS_INCOMPLETE = "results incomplete", "Results incomplete (reading again)"
     RESULTS_MISSING = "results missing", "Results missing"
@@ -134,6 +139,7 @@ OWN_FAILURE_KINDS = frozenset(
         FailureKind.EXPIRED,
         FailureKind.MAX_AGE,
         FailureKind.CANCELED_UNSUBMITTED,
+        FailureKind.ABANDONED,
     }
 )
 #: Failure kinds of a line that came from the provider's error entry: a success for the same
@@ -323,6 +329,10 @@ class ModelCompletionBatch(models.Model):
     # Second provider batches found for this batch (a late create answer, two of the same name
     # in the provider's list): each is cancelled at once and recorded here for the operator.
     duplicate_provider_batches = models.JSONField(default=list, blank=True)
+    # Provider batches that may be the one a lost create made, at a provider whose batches
+    # carry no name (Anthropic): same time and size. With more than one, nothing is guessed
+    # and nothing is created again: the operator adopts one or abandons the batch.
+    reconcile_candidates = models.JSONField(default=list, blank=True)
     # Cancellation: who asked and when; the counts are trusted only after a grace period.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=32, blank=True, default="")

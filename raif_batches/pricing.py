@@ -64,7 +64,14 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "max_reasoning_tokens": 0,
     },
 }
-PRICE_KEYS = ("input", "cached_input", "output", "batch_discount")
+PRICE_KEYS = (
+    "input",
+    "cached_input",
+    "output",
+    "batch_discount",
+    "cache_write",
+    "cache_write_1h",
+)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class ModelPrice:
     cached_input: Decimal
     output: Decimal
     batch_discount: Decimal
+    #: Input tokens written to the prompt cache (five-minute and one-hour writes), per million.
+    cache_write: Decimal = Decimal(0)
+    cache_write_1h: Decimal = Decimal(0)
     max_reasoning_tokens: int = ASSUMED_MAX_REASONING_TOKENS
 
     @classmethod
@@ -84,8 +94,10 @@ class ModelPrice:
         values: dict[str, Decimal] = {}
         for key in PRICE_KEYS:
             default = "0" if key == "batch_discount" else None
-            if key == "cached_input":
+            if key in ("cached_input", "cache_write"):
                 default = str(raw.get("input", "0"))
+            elif key == "cache_write_1h":
+                default = str(raw.get("cache_write", raw.get("input", "0")))
             value = raw.get(key, default)
             try:
                 values[key] = Decimal(str(value))
@@ -151,20 +163,31 @@ def completion_cost(
     cached_tokens: int,
     output_tokens: int,
     provider_ticks: int | None,
+    cache_write_tokens: int = 0,
+    cache_write_1h_tokens: int = 0,
 ) -> Cost:
     """The cost of one completion.
 
     ``output_tokens`` includes reasoning tokens, which are billed at the completion rate; cached
-    tokens are part of ``prompt_tokens``. With provider ticks the total is the provider's, and
-    it is split between prompt and output in proportion to what each part costs at the table's
+    tokens (cache reads) and cache writes are part of ``prompt_tokens``, and the one-hour writes
+    part of the cache writes; each part is billed at its own rate. With provider ticks the
+    total is the provider's, and it is split between prompt and output in proportion to what each part costs at the table's
     prices (the parts always add up to the total); the split is unknown when the model has no
     price (``price`` is ``price_for(model)``) or the table prices both parts at zero.
     """
     parts: tuple[Decimal, Decimal] | None = None
     if price is not None:
-        cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
-        uncached = max(prompt_tokens, 0) - cached
-        prompt = uncached * price.input + cached * price.cached_input
+        prompt_total = max(prompt_tokens, 0)
+        cached = min(max(cached_tokens, 0), prompt_total)
+        written = min(max(cache_write_tokens, 0), prompt_total - cached)
+        written_1h = min(max(cache_write_1h_tokens, 0), written)
+        uncached = prompt_total - cached - written
+        prompt = (
+            uncached * price.input
+            + cached * price.cached_input
+            + (written - written_1h) * price.cache_write
+            + written_1h * price.cache_write_1h
+        )
         output = max(output_tokens, 0) * price.output
         parts = (prompt, output)  # USD per million tokens, undiscounted: only ratios matter
     if provider_ticks is not None:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from raif_batches.models import ModelCompletionBatch
-from raif_batches.providers.base import BatchListing, BatchSnapshot
+from raif_batches.providers.base import BatchListing, BatchSnapshot, LostCreate
 from raif_batches.providers.xai import XAIStrategy
 
 PATH = "tests.crashing.CrashingStrategy"
@@ -57,9 +57,9 @@ class CrashingStrategy(XAIStrategy):
         return snapshot
 
     def find_provider_batches(
-        self, names: Collection[str], *, created_after: datetime | None
+        self, lost: Collection[LostCreate], *, created_after: datetime | None
     ) -> BatchListing:
-        found = super().find_provider_batches(names, created_after=created_after)
+        found = super().find_provider_batches(lost, created_after=created_after)
         crash_if("after_find")
         return found
 

@@ -1,9 +1,16 @@
-"""The HTTP face of the emulator: xAI's routes, auth, error bodies and injected faults.
+"""The HTTP face of the emulators: routes, auth, error bodies and injected faults.
 
 One ``ThreadingHTTPServer`` (daemon threads, HTTP/1.1 keep-alive, a ``Content-Length`` on every
-answer) in front of an :class:`~raif_batches.emulator.state.EmulatorState`. Each call is routed
-to an endpoint name, checked against the faults, authorised, served, and recorded in
-``state.calls`` (dropped connections with status 0).
+answer) in front of a provider's state (xAI's :class:`~raif_batches.emulator.state.EmulatorState`
+here). Each call is routed to an endpoint name, checked against the faults, authorised, served,
+and recorded in ``state.calls`` (dropped connections with status 0).
+
+:class:`EmulatorServer` is xAI's; another provider's emulator subclasses it and sets
+``provider``, ``routes`` and ``path_prefix``, and overrides :meth:`~EmulatorServer.error_body`,
+:meth:`~EmulatorServer.authorize`, :meth:`~EmulatorServer.new_state` and
+:meth:`~EmulatorServer.dispatch`. Endpoint names are shared where the meaning is
+(``upload_file``, ``create_batch``, ``get_batch``, ``list_batches``, ``cancel_batch``,
+``list_results``), so a fault or a call count reads the same for every provider.
 
 Keys. Unless told a key (``api_key="..."``), the emulator accepts any non-empty bearer key, so it
 never needs a real one; ``emu.api_key`` is then :data:`DEFAULT_API_KEY`, a key clients may send.
@@ -30,6 +37,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from .faults import Fault, error_body
 from .state import ApiError, Call, EmulatorConfig, EmulatorState
 
+Routes = list[tuple[str, "re.Pattern[str]", str]]
+
 DEFAULT_API_KEY = "emulator-key"
 BAD_KEY_MESSAGE = "Incorrect API key provided. You can obtain an API key from https://console.x.ai."
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
@@ -45,9 +54,17 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 MULTIPART_OVERHEAD = 1024 * 1024  # room for part headers around a maximum-size file
 
 
-def route(method: str, path: str) -> tuple[str | None, str | None]:
+class RawAnswer:
+    """A 200 answer that is not JSON: a file's content, a JSONL stream."""
+
+    def __init__(self, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self.data = data
+        self.content_type = content_type
+
+
+def route(method: str, path: str, routes: Routes | None = None) -> tuple[str | None, str | None]:
     """(endpoint name, batch id) for a request, or (None, None) when nothing matches."""
-    for verb, pattern, endpoint in ROUTES:
+    for verb, pattern, endpoint in ROUTES if routes is None else routes:
         match = pattern.fullmatch(path.rstrip("/"))
         if verb == method and match:
             return endpoint, match.groupdict().get("id")
@@ -123,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = unquote(parts.path)
         query = dict(parse_qsl(parts.query))
-        endpoint, batch_id = route(self.command, path)
+        endpoint, batch_id = route(self.command, path, emulator.routes)
         self.call = Call(endpoint or "unknown", self.command, path, query, 0, 0, state.now())
         try:
             self._serve(self.call, batch_id)
@@ -140,11 +157,11 @@ class _Handler(BaseHTTPRequestHandler):
         emulator, state = self.server.emulator, self.server.emulator.state
         length = int(self.headers.get("Content-Length") or 0)
         call.body_size = length
-        if length > state.config.max_file_bytes + MULTIPART_OVERHEAD:
-            self._send(400, error_body(400, "Request body too large"), close=True)
+        if length > emulator.max_body_bytes():
+            self._send(*emulator.too_large(), close=True)
             return
         if self.headers.get("Transfer-Encoding"):
-            self._send(411, error_body(400, "Content-Length required"), close=True)
+            self._send(411, emulator.error_body(400, "Content-Length required"), close=True)
             return
         body = self.rfile.read(length) if length else b""
         if state.config.latency > 0:
@@ -158,7 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         extra = dict(fault.headers) if fault is not None else {}
         if fault is not None and fault.kind == "status":
-            self._send(fault.status, fault.response_body(), fault.retry_after, headers=extra)
+            fault_body = fault.body or emulator.error_body(
+                fault.status, f"Injected fault: HTTP {fault.status}"
+            )
+            self._send(fault.status, fault_body, fault.retry_after, headers=extra)
             return
         if fault is not None and fault.kind == "raw":
             self._send_raw(fault.status, fault.raw_body, fault.content_type, extra)
@@ -167,26 +187,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_raw(302, b"", "text/plain", {"Location": self.path, **extra})
             return
         bend = fault.kind if fault is not None else None
+        answer: dict[str, Any] | RawAnswer
         try:
-            emulator.authorize(self.headers.get("Authorization"))
+            emulator.authorize(self.headers)
             if call.endpoint == "unknown":
                 raise ApiError(404, f"No route for {self.command} {call.path}")
-            status, payload = 200, self._dispatch(call, batch_id, body, bend)
+            status, answer = 200, emulator.dispatch(self, call, batch_id, body, bend)
         except ApiError as exc:
-            status, payload = exc.status, error_body(exc.status, exc.message)
+            status, answer = exc.status, emulator.error_body(exc.status, exc.message, exc)
+        payload: dict[str, Any] = answer if isinstance(answer, dict) else {}
         if fault is not None and fault.kind == "accept_then_drop":
             self._drop()
             return
         if fault is not None and fault.kind == "truncate":
-            self._truncate(status, payload)
+            self._truncate(status, answer)
             return
         if fault is not None and fault.kind == "accept_then_raw":
             self._send_raw(fault.status, fault.raw_body, fault.content_type, extra)
             return
-        depth = state.config.nested_depth if call.endpoint == "get_batch" else 0
+        if isinstance(answer, RawAnswer):
+            self._send_raw(status, answer.data, answer.content_type, extra)
+            return
+        depth = getattr(state.config, "nested_depth", 0) if call.endpoint == "get_batch" else 0
         self._send(status, payload, headers=extra, nested_depth=depth if status == 200 else 0)
 
-    def _dispatch(
+    def xai_dispatch(
         self, call: Call, batch_id: str | None, body: bytes, bend: str | None
     ) -> dict[str, Any]:
         state = self.server.emulator.state
@@ -265,13 +290,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _truncate(self, status: int, payload: dict[str, Any]) -> None:
+    def _truncate(self, status: int, answer: dict[str, Any] | RawAnswer) -> None:
         """Send the headers and half the body, then close: the answer ends mid-body. Recorded
         with status 0, as the client never gets a usable answer."""
-        data = json.dumps(payload).encode()
+        if isinstance(answer, RawAnswer):
+            data, content_type = answer.data, answer.content_type
+        else:
+            data, content_type = json.dumps(answer).encode(), "application/json"
         self._record()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data[: len(data) // 2])
@@ -306,8 +334,42 @@ def _limit(query: dict[str, str]) -> int | None:
 
 
 class EmulatorServer:
-    """The emulator on a loopback port. ``port=0`` picks a free one; ``api_key=None`` (the
-    default) accepts any non-empty bearer key; ``profile`` names a config when none is given."""
+    """xAI's emulator on a loopback port. ``port=0`` picks a free one; ``api_key=None`` (the
+    default) accepts any non-empty key; ``profile`` names a config when none is given.
+
+    The class attributes and the hooks below are what another provider's emulator changes.
+    """
+
+    provider = "xai"
+    routes: Routes = ROUTES
+    #: What ``base_url`` ends with: the part of the path a client's base URL includes.
+    path_prefix = "/v1"
+
+    def new_state(self, config: Any) -> Any:
+        """The provider's state for ``config`` (a config object, or None for the default)."""
+        return EmulatorState(config)
+
+    def config_for(self, profile: str) -> Any:
+        return EmulatorConfig.profile(profile)
+
+    def error_body(
+        self, status: int, message: str, error: ApiError | None = None
+    ) -> dict[str, Any]:
+        """The provider's error envelope."""
+        return error_body(status, message)
+
+    def max_body_bytes(self) -> int:
+        return int(self.state.config.max_file_bytes) + MULTIPART_OVERHEAD
+
+    def too_large(self) -> tuple[int, dict[str, Any]]:
+        return 400, self.error_body(400, "Request body too large")
+
+    def dispatch(
+        self, handler: Any, call: Call, batch_id: str | None, body: bytes, bend: str | None
+    ) -> dict[str, Any] | RawAnswer:
+        """Serve one authorised call: a JSON object, or a :class:`RawAnswer`; an
+        :class:`~raif_batches.emulator.state.ApiError` for an error answer."""
+        return handler.xai_dispatch(call, batch_id, body, bend)  # type: ignore[no-any-return]
 
     def __init__(
         self,
@@ -323,8 +385,8 @@ class EmulatorServer:
         self.any_key = not api_key
         self.api_key: str = api_key or DEFAULT_API_KEY
         if config is None and state is None and profile is not None:
-            config = EmulatorConfig.profile(profile)
-        self.state = state if state is not None else EmulatorState(config)
+            config = self.config_for(profile)
+        self.state = state if state is not None else self.new_state(config)
         # What xAI shows as create_api_key_id: derived from the key, never the key itself.
         digest = hashlib.sha256((api_key or "any").encode()).hexdigest()
         self.key_id = str(uuid.uuid5(uuid.NAMESPACE_OID, digest))
@@ -332,21 +394,30 @@ class EmulatorServer:
         self._thread: threading.Thread | None = None
 
     @property
-    def config(self) -> EmulatorConfig:
+    def config(self) -> Any:
         return self.state.config
 
     @property
-    def base_url(self) -> str:
+    def origin(self) -> str:
+        """``http://host:port``, without the path prefix."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/v1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
-    def authorize(self, header: str | None) -> None:
+    @property
+    def base_url(self) -> str:
+        return self.origin + self.path_prefix
+
+    def key_matches(self, key: str) -> bool:
+        """Whether a presented key is accepted: any non-empty one unless a key was named."""
+        if not key:
+            return False
+        return self.any_key or hmac.compare_digest(key.encode(), self.api_key.encode())
+
+    def authorize(self, headers: Any) -> None:
+        """Refuse the call (``ApiError``) unless its headers carry an accepted key."""
+        header = headers.get("Authorization") if headers is not None else None
         scheme, _, key = (header or "").partition(" ")
-        key = key.strip()
-        valid = scheme.lower() == "bearer" and bool(key)
-        if valid and not self.any_key:
-            valid = hmac.compare_digest(key.encode(), self.api_key.encode())
-        if not valid:
+        if scheme.lower() != "bearer" or not self.key_matches(key.strip()):
             raise ApiError(400, BAD_KEY_MESSAGE)
 
     def add_fault(self, fault: Fault) -> Fault:
@@ -359,7 +430,7 @@ class EmulatorServer:
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             args=(0.05,),
-            name=f"xai-emulator-{self.port}",
+            name=f"{self.provider}-emulator-{self.port}",
             daemon=True,
         )
         self._thread.start()
@@ -392,20 +463,43 @@ class EmulatorServer:
         self.stop()
 
 
+#: Provider key -> dotted path of its emulator's server class.
+EMULATORS = {
+    "xai": "raif_batches.emulator.server.EmulatorServer",
+    "openai": "raif_batches.emulator.openai.OpenAIEmulatorServer",
+    "anthropic": "raif_batches.emulator.anthropic.AnthropicEmulatorServer",
+}
+
+
+def emulator_class(provider: str) -> type[EmulatorServer]:
+    """The emulator server class of a built-in provider."""
+    import importlib
+
+    if provider not in EMULATORS:
+        raise ValueError(
+            f"No emulator for provider {provider!r}; there is one for {', '.join(EMULATORS)}."
+        )
+    module, _, name = EMULATORS[provider].rpartition(".")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
 @contextlib.contextmanager
 def run_emulator(
     api_key: str | None = None,
-    config: EmulatorConfig | None = None,
+    config: Any = None,
     host: str = "127.0.0.1",
     port: int = 0,
     quiet: bool = True,
     profile: str | None = None,
+    provider: str = "xai",
 ) -> Iterator[EmulatorServer]:
     """Start an emulator for the ``with`` block: ``with run_emulator() as emu: emu.base_url``.
 
+    ``provider`` picks whose Batch API it plays (``"xai"``, ``"openai"``, ``"anthropic"``).
     ``profile="fast"`` (or ``config=EmulatorConfig.fast()``) for speed; the default config plays
-    xAI as observed. Without ``api_key`` any key is accepted (``emu.api_key`` is one to send)."""
-    server = EmulatorServer(
+    the provider as observed. Without ``api_key`` any key is accepted (``emu.api_key`` is one to
+    send)."""
+    server = emulator_class(provider)(
         host=host, port=port, api_key=api_key, config=config, quiet=quiet, profile=profile
     )
     server.start()

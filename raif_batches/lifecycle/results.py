@@ -114,7 +114,7 @@ def fetch_results(strategy: BatchStrategy, batch: ModelCompletionBatch) -> int:
                 raise
             finish_results(batch, unavailable=error)
             return applied
-    finish_results(batch)
+    finish_results(batch, counters_lead=strategy.results_lag_counters)
     return applied
 
 
@@ -292,9 +292,13 @@ def result_row(
     if parsed is None:
         message = clean_text(entry.error or "")[0]
         message = message or "The provider returned no result for this request."
+        kind = {
+            "cancelled": FailureKind.REQUEST_CANCELLED,
+            "expired": FailureKind.REQUEST_EXPIRED,
+        }.get(entry.not_run or "") or _failure_kind(message)
         row.update(
             status=CompletionStatus.FAILED,
-            failure_error=_failure_kind(message),
+            failure_error=kind,
             failure_reason=message[:FAILURE_TEXT_LIMIT],
             failed_at=now,
         )
@@ -318,12 +322,17 @@ def result_row(
         tokens[name] = storable_count(value)
         if tokens[name] != value:
             cleaned.append(f"{name}: {value} is out of range; left empty")
+    output_tokens = tokens["completion_tokens"] or 0
+    if not parsed.reasoning_included:
+        output_tokens += tokens["reasoning_tokens"] or 0
     cost = completion_cost(
         prices[batch.model],
         prompt_tokens=tokens["prompt_tokens"] or 0,
         cached_tokens=tokens["cached_tokens"] or 0,
-        output_tokens=(tokens["completion_tokens"] or 0) + (tokens["reasoning_tokens"] or 0),
+        output_tokens=output_tokens,
         provider_ticks=parsed.cost_ticks,
+        cache_write_tokens=storable_count(parsed.cache_write_tokens) or 0,
+        cache_write_1h_tokens=storable_count(parsed.cache_write_1h_tokens) or 0,
     )
     if cleaned and isinstance(payload, dict):
         payload = {**payload, CLEANED_KEY: cleaned}
@@ -370,15 +379,19 @@ def result_row(
 
 
 def finish_results(
-    batch: ModelCompletionBatch, *, unavailable: ProviderError | None = None
+    batch: ModelCompletionBatch,
+    *,
+    unavailable: ProviderError | None = None,
+    counters_lead: bool = True,
 ) -> ModelCompletionBatch:
     """Fail what the provider never answered, total the costs, mark the results fetched.
 
-    Not while results are missing that the provider's counters count (succeeded + failed):
-    then the shortfall is recorded (``results_lacking_since``, ``results_stored_count``)
-    and a later read scheduled (``results_next_read_at``, with backoff), until
-    ``RESULTS_WAIT_SECONDS`` have passed since the first short harvest. ``unavailable`` (the
-    results are gone) ends the harvest at once.
+    With ``counters_lead`` (a provider whose results may lag its counters), not while results
+    are missing that the provider's counters count (succeeded + failed): then the shortfall is
+    recorded (``results_lacking_since``, ``results_stored_count``) and a later read scheduled
+    (``results_next_read_at``, with backoff), until ``RESULTS_WAIT_SECONDS`` have passed since
+    the first short harvest. Without it, what the provider served once the batch ended is the
+    whole truth. ``unavailable`` (the results are gone) ends the harvest at once.
     """
     now = db_now()
     wait = float(get_setting("RESULTS_WAIT_SECONDS"))
@@ -401,7 +414,7 @@ def finish_results(
                 locked.failure_reason or "The provider failed the batch.",
             ),
         }[BatchStatus(locked.status)]
-        short = None if unavailable is not None else _results_short(locked)
+        short = None if unavailable is not None or not counters_lead else _results_short(locked)
         if short is not None:
             stored, expected = short
             since = locked.results_lacking_since or now

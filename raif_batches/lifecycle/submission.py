@@ -21,7 +21,7 @@ The provider is reached only through its wire hooks (``upload_input``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,12 +45,13 @@ from ..exceptions import (
 from ..models import (
     WORKER_ID,
     BatchStatus,
+    CompletionStatus,
     FailureKind,
     ModelCompletion,
     ModelCompletionBatch,
 )
-from ..providers.base import BatchListing, BatchSnapshot, BatchStrategy
-from .transitions import FAILURE_TEXT_LIMIT, store_snapshot
+from ..providers.base import BatchListing, BatchSnapshot, BatchStrategy, LostCreate
+from .transitions import FAILURE_TEXT_LIMIT, count_of, store_snapshot
 
 logger = logging.getLogger("raif_batches")
 
@@ -111,21 +112,56 @@ def reconcile_due_at(batch: ModelCompletionBatch) -> datetime | None:
     return ended + timedelta(seconds=float(get_setting("RECONCILE_AFTER_SECONDS")))
 
 
+def lost_create(batch: ModelCompletionBatch) -> LostCreate:
+    """What the provider's list can be searched with for this batch's unanswered create."""
+    attempted = batch.create_attempted_at or batch.created_at
+    return LostCreate(
+        name=batch.provider_batch_name,
+        request_count=count_of(batch.request_counts, "total"),
+        attempted_at=attempted,
+        ended_at=batch.create_ended_at,
+    )
+
+
 def look_up_names(strategy: BatchStrategy, batches: Sequence[ModelCompletionBatch]) -> BatchListing:
     """One read of the provider's batch list for every batch awaiting reconciliation.
 
     A rejected key is raised; any other provider fault comes back as an incomplete listing,
     so that no batch is created again on its evidence.
     """
-    names = frozenset(batch.provider_batch_name for batch in batches)
+    lost = [lost_create(batch) for batch in batches]
+    names = frozenset(create.name for create in lost)
     attempts = [batch.create_attempted_at for batch in batches if batch.create_attempted_at]
     created_after = min(attempts) - RECONCILE_LISTING_MARGIN if attempts else None
     try:
-        return strategy.find_provider_batches(names, created_after=created_after)
+        return strategy.find_provider_batches(lost, created_after=created_after)
     except ProviderAuthenticationError:
         raise
     except ProviderError as error:
         return BatchListing(names=names, complete=False, stopped_because=str(error), error=error)
+
+
+def bound_provider_batch_ids(provider: str, ids: Collection[str]) -> set[str]:
+    """Which of these provider batch ids a local batch already owns (as its own or as a
+    duplicate it recorded): such a batch is never a lost create's candidate."""
+    if not ids:
+        return set()
+    owned = set(
+        ModelCompletionBatch.objects.filter(
+            provider=provider, provider_batch_id__in=list(ids)
+        ).values_list("provider_batch_id", flat=True)
+    )
+    for duplicates in (
+        ModelCompletionBatch.objects.filter(provider=provider)
+        .exclude(duplicate_provider_batches=[])
+        .values_list("duplicate_provider_batches", flat=True)
+    ):
+        owned.update(
+            str(entry.get("provider_batch_id"))
+            for entry in duplicates or []
+            if isinstance(entry, dict)
+        )
+    return owned & set(ids)
 
 
 def _submit_claimed(
@@ -139,6 +175,16 @@ def _submit_claimed(
         if listing is None or batch.provider_batch_name not in listing.names:
             listing = look_up_names(strategy, [batch])
         matches = listing.found.get(batch.provider_batch_name, ())
+        if not strategy.reconcile_by_name:
+            bound = bound_provider_batch_ids(batch.provider, [m.provider_batch_id for m in matches])
+            matches = tuple(m for m in matches if m.provider_batch_id not in bound)
+            if len(matches) > 1:
+                _hold_for_operator(batch.pk, matches)
+                raise AmbiguousSubmission(
+                    f"{len(matches)} provider batches fit this lost create (same time, same "
+                    "number of requests) and nothing tells them apart; it is not created "
+                    "again: adopt one or abandon the batch in the admin"
+                )
         if matches:
             return _adopt(strategy, batch, matches, worker)
         if listing.error is not None or not listing.complete:
@@ -207,6 +253,98 @@ def _submit_claimed(
     return _record_submission(strategy, batch, snapshot, worker)
 
 
+def _hold_for_operator(pk: int, candidates: Sequence[BatchSnapshot]) -> None:
+    """Record the candidates of an ambiguous lost create; the batch stays submitting."""
+    listed = [
+        {
+            "provider_batch_id": candidate.provider_batch_id,
+            "created_at": candidate.created_at.isoformat() if candidate.created_at else None,
+            "requests": count_of(candidate.counts, "total"),
+        }
+        for candidate in candidates
+    ]
+    ModelCompletionBatch.objects.filter(
+        pk=pk, status=BatchStatus.SUBMITTING, provider_batch_id=""
+    ).update(
+        reconcile_candidates=listed,
+        failure_error=FailureKind.RECONCILE_AMBIGUOUS,
+        failure_reason=(
+            f"The create call's answer was lost, and {len(listed)} provider batches fit it "
+            f"({', '.join(str(c['provider_batch_id']) for c in listed)}). The provider gives "
+            "batches no name to tell ours from another's: adopt the right one, or abandon "
+            "this batch (nothing is created again)."
+        ),
+    )
+
+
+def adopt_candidate(
+    strategy: BatchStrategy,
+    batch: ModelCompletionBatch,
+    provider_batch_id: str,
+    *,
+    worker: str = WORKER_ID,
+) -> ModelCompletionBatch:
+    """The operator's choice: this provider batch is the one the lost create made."""
+    with transaction.atomic():
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
+        if locked.status != BatchStatus.SUBMITTING or locked.provider_batch_id:
+            raise BatchStateError(
+                f"Batch {locked.pk} is {locked.status}; only a submitting batch without a "
+                "provider batch can adopt one."
+            )
+        if locked.leased_to_other(worker, db_now()):
+            raise BatchBusy(f"Batch {locked.pk} is being worked on by {locked.claimed_by}.")
+        if bound_provider_batch_ids(locked.provider, [provider_batch_id]):
+            raise BatchStateError(
+                f"Provider batch {provider_batch_id} already belongs to another batch."
+            )
+        locked.claim(worker, db_now())
+        locked.save(update_fields=["claimed_by", "claimed_until"])
+    try:
+        snapshot = strategy.get_provider_batch(provider_batch_id)
+        return _record_submission(strategy, locked, snapshot, worker, adopted=True)
+    finally:
+        locked.release(worker)
+
+
+def abandon(batch: ModelCompletionBatch, *, reason: str = "") -> ModelCompletionBatch:
+    """The operator's choice: give up a submitting batch whose create cannot be traced.
+
+    It ends ``failed`` and is never created again (its requests can be retried as a new
+    batch); a provider batch it may have made is the operator's to cancel.
+    """
+    with transaction.atomic():
+        locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
+        if locked.status != BatchStatus.SUBMITTING or locked.provider_batch_id:
+            raise BatchStateError(
+                f"Batch {locked.pk} is {locked.status}; only a submitting batch without a "
+                "provider batch can be abandoned."
+            )
+        now = db_now()
+        if locked.leased_to_other(WORKER_ID, now):
+            raise BatchBusy(f"Batch {locked.pk} is being worked on by {locked.claimed_by}.")
+        candidates = ", ".join(
+            str(c.get("provider_batch_id")) for c in locked.reconcile_candidates or []
+        )
+        locked.status = BatchStatus.FAILED
+        locked.ended_at = now
+        locked.next_poll_at = None
+        locked.failure_error = FailureKind.ABANDONED
+        locked.failure_reason = (
+            reason
+            or "Abandoned by the operator: the lost create was not traced to one provider "
+            "batch, and it is not created again."
+        ) + (f" Candidates were: {candidates}." if candidates else "")
+        locked.save()
+        locked.completions.filter(status=CompletionStatus.PENDING).update(
+            status=CompletionStatus.FAILED,
+            failure_error=FailureKind.ABANDONED,
+            failure_reason="The batch was abandoned before its results could be traced.",
+            failed_at=now,
+        )
+    return locked
+
+
 def _ambiguous(pk: int, error: Exception) -> AmbiguousSubmission:
     """Record that a create ended without a usable answer; the batch stays submitting."""
     ambiguous = AmbiguousSubmission(
@@ -244,6 +382,8 @@ def _adopt(
     candidates = [m for m in matches if m.provider_batch_id not in known] or list(matches)
     # A batch we cancelled ourselves is never the one to keep.
     keep = next((m for m in candidates if m.cancelled_at is None), candidates[0])
+    if not strategy.reconcile_by_name:
+        matches = [keep]  # the others are someone else's, not duplicates to cancel
     logger.warning(
         "Batch %s: adopting provider batch %s created by an unanswered call",
         batch.pk,
@@ -301,6 +441,7 @@ def _record_submission(
                 locked.started_at = locked.started_at or now
                 locked.failure_error = ""
                 locked.failure_reason = ""
+                locked.reconcile_candidates = []
                 store_snapshot(locked, snapshot, now)
                 locked.save()
                 locked.completions.filter(started_at__isnull=True).update(started_at=now)

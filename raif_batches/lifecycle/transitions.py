@@ -39,8 +39,14 @@ def next_status(
     rejection: str | None,
     provider_cancelled_at: datetime | None,
     now: datetime,
+    provider_status: str | None = None,
 ) -> str:
     """Decide a batch's status from what the provider said and what we know.
+
+    A provider with a status field (``provider_status``, already normalised) is believed: its
+    terminal statuses are final, and the files or results stream it serves then are the truth
+    (:mod:`raif_batches.lifecycle.results`). The rest of this rule is for a provider without one
+    (xAI), whose status is derived from its counters.
 
     Results outrank cancellation and expiry: a cancelled batch is trusted only once its counts
     have stood still for the grace period counted from the cancel, because xAI's counters can
@@ -51,6 +57,8 @@ def next_status(
     """
     if batch.status in TERMINAL_STATUSES:
         return batch.status
+    if provider_status is not None:
+        return _from_provider_status(batch, provider_status)
     pending = count_of(counts, "pending")
     total = count_of(counts, "total")
     if rejection or batch.rejected_at is not None:
@@ -81,6 +89,35 @@ def next_status(
     if batch.expires_at is not None and now >= batch.expires_at and counts.get("cancelled"):
         return BatchStatus.EXPIRED
     return BatchStatus.ENDED
+
+
+#: The statuses a provider's snapshot may name (``BatchSnapshot.status``).
+PROVIDER_STATUSES = frozenset(
+    {
+        BatchStatus.SUBMITTED,
+        BatchStatus.IN_PROGRESS,
+        BatchStatus.CANCELLING,
+        *TERMINAL_STATUSES,
+    }
+)
+
+
+def _from_provider_status(batch: ModelCompletionBatch, provider_status: str) -> str:
+    """The next status when the provider names one: believed, with what only we know added.
+
+    A batch we asked to cancel reads ``cancelling`` until the provider ends it; one cancelled
+    because it passed MAX_BATCH_AGE is ``expired`` when it ends cancelled.
+    """
+    if provider_status not in PROVIDER_STATUSES:
+        raise BatchStateError(f"the provider's status {provider_status!r} is not a known one")
+    deadline = batch.cancel_reason == "deadline"
+    if provider_status == BatchStatus.CANCELED and deadline:
+        return BatchStatus.EXPIRED
+    if provider_status in TERMINAL_STATUSES:
+        return provider_status
+    if batch.cancel_requested_at is not None:
+        return BatchStatus.CANCELLING
+    return provider_status
 
 
 def count_of(counts: dict[str, Any] | None, key: str) -> int:
@@ -120,12 +157,16 @@ def store_snapshot(batch: ModelCompletionBatch, snapshot: BatchSnapshot, now: da
         rejection=rejection,
         provider_cancelled_at=snapshot.cancelled_at,
         now=now,
+        provider_status=snapshot.status,
     )
     if status == BatchStatus.FAILED and batch.rejected_at is not None:
         batch.failure_error = FailureKind.REJECTED
         batch.failure_reason = (
             rejection or batch.failure_reason or "The provider rejected the batch."
         )
+    if status == BatchStatus.FAILED and batch.rejected_at is None:
+        batch.failure_error = FailureKind.REJECTED
+        batch.failure_reason = "The provider failed the batch."
     if status == BatchStatus.EXPIRED and not batch.failure_error:
         batch.failure_error = FailureKind.EXPIRED
         batch.failure_reason = "The batch expired before every request finished."

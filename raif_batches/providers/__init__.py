@@ -12,7 +12,11 @@ from ..exceptions import BatchConfigurationError
 if TYPE_CHECKING:
     from .base import BatchStrategy
 
-BUILTIN_PROVIDERS = {"xai": "raif_batches.providers.xai.XAIStrategy"}
+BUILTIN_PROVIDERS = {
+    "xai": "raif_batches.providers.xai.XAIStrategy",
+    "openai": "raif_batches.providers.openai.OpenAIStrategy",
+    "anthropic": "raif_batches.providers.anthropic.AnthropicStrategy",
+}
 
 
 def provider_paths() -> dict[str, str]:

@@ -49,11 +49,19 @@ LIFECYCLE_NAMES = frozenset(
 
 @dataclass(frozen=True)
 class BatchSnapshot:
-    """What the provider said about a batch, normalised, with the raw payload beside it."""
+    """What the provider said about a batch, normalised, with the raw payload beside it.
+
+    ``status`` is the provider's own status mapped to a normalised one (``submitted``,
+    ``in_progress``, ``cancelling``, ``ended``, ``canceled``, ``expired``, ``failed``) by a
+    provider that has a status field; ``None`` for one that has none (xAI), whose status is
+    derived from the counters. ``created_at`` is the provider's time of creation, when it says.
+    """
 
     provider_batch_id: str
     name: str = ""
     counts: dict[str, int] | None = None  # {"total","pending","succeeded","failed","cancelled"}
+    status: str | None = None
+    created_at: datetime | None = None
     rejection: str | None = None  # the provider refused or killed the batch, with this message
     cancelled_at: datetime | None = None
     expires_at: datetime | None = None
@@ -75,20 +83,46 @@ class ParsedCompletion:
     cached_tokens: int | None
     cost_ticks: int | None
     payload: dict[str, Any]
+    #: Input tokens written to the prompt cache (Anthropic), part of ``prompt_tokens``; the
+    #: part of them written to the one-hour cache, billed at its own rate.
+    cache_write_tokens: int | None = None
+    cache_write_1h_tokens: int | None = None
+    #: Whether ``reasoning_tokens`` are already counted in ``completion_tokens`` (OpenAI,
+    #: Anthropic) rather than on top of them (xAI).
+    reasoning_included: bool = False
 
     @property
     def billed_output_tokens(self) -> int:
         # Reasoning tokens are billed at the completion rate.
+        if self.reasoning_included:
+            return self.completion_tokens or 0
         return (self.completion_tokens or 0) + (self.reasoning_tokens or 0)
+
+
+@dataclass(frozen=True)
+class LostCreate:
+    """A create whose answer was lost, as the provider's list can be searched for it.
+
+    Providers that carry a name (xAI) or metadata (OpenAI) find it by ``name``; one that carries
+    neither (Anthropic) can only match the time of the call (``attempted_at`` to ``ended_at``,
+    database clock; ``ended_at`` is None when the worker died during the call) and
+    ``request_count``.
+    """
+
+    name: str
+    request_count: int
+    attempted_at: datetime
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class BatchListing:
     """What one read of the provider's batch list says about some unique names.
 
-    ``found`` maps a wanted name to every provider batch carrying it. ``complete`` is False
-    when the read stopped before the end of the list (a bound, a fault): a name not found then
-    proves nothing.
+    ``found`` maps a wanted name to every provider batch carrying it (or, for a provider
+    that cannot name its batches, every candidate that fits the lost create). ``complete`` is
+    False when the read stopped before the end of the list (a bound, a fault): a name not found
+    then proves nothing.
     """
 
     names: frozenset[str]
@@ -100,11 +134,16 @@ class BatchListing:
 
 @dataclass(frozen=True)
 class ResultEntry:
-    """One line's outcome: a completion, or the provider's error message."""
+    """One line's outcome: a completion, or the provider's error message.
+
+    ``not_run`` says that the line never ran: ``"cancelled"`` (the batch was cancelled first)
+    or ``"expired"`` (its window closed first); such a line is not billed.
+    """
 
     custom_id: str
     completion: ParsedCompletion | None = None
     error: str | None = None
+    not_run: str | None = None
 
 
 class BatchStrategy:
@@ -118,9 +157,22 @@ class BatchStrategy:
     """
 
     provider: ClassVar[str] = ""
+    #: The model ``create_batch`` uses when none is named.
+    default_model: ClassVar[str] = ""
     max_requests_per_batch: ClassVar[int] = 50_000
     max_line_bytes: ClassVar[int] = 25 * 1024 * 1024
     max_file_bytes: ClassVar[int] = 200 * 1024 * 1024
+    #: Longest custom id, and the pattern every custom id must match (``None``: any text).
+    max_custom_id_length: ClassVar[int] = 255
+    custom_id_pattern: ClassVar[str | None] = None
+    #: True when a lost create is found by a unique name or metadata: every listed batch that
+    #: carries it is ours. False when the list can only offer candidates (same time and size),
+    #: which may be someone else's: several of them are shown to the operator, never guessed.
+    reconcile_by_name: ClassVar[bool] = True
+    #: True when a terminal batch's results may lag behind its counters (xAI): the harvest then
+    #: waits for what the counters report. False when the results are complete once the batch
+    #: has ended and its counters may lie (OpenAI, Anthropic: the files are the truth).
+    results_lag_counters: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -133,6 +185,12 @@ class BatchStrategy:
             )
 
     # -- wire hooks ---------------------------------------------------------------------------
+
+    @classmethod
+    def check_request(cls, request: Mapping[str, Any]) -> str | None:
+        """What this provider would refuse in one chat-style request (its ``create_batch``
+        check beyond the common one), as a sentence naming the field; None when acceptable."""
+        return None
 
     def build_line(self, batch: ModelCompletionBatch, completion: ModelCompletion) -> bytes:
         raise NotImplementedError
@@ -150,13 +208,14 @@ class BatchStrategy:
     batch_list_newest_first: ClassVar[bool] = False
 
     def find_provider_batches(
-        self, names: Collection[str], *, created_after: datetime | None
+        self, lost: Collection[LostCreate], *, created_after: datetime | None
     ) -> BatchListing:
-        """Look many unique names up in one read of the provider's batch list.
+        """Look many lost creates up in one read of the provider's batch list.
 
-        Stop as soon as every name is found, or (``batch_list_newest_first``) when the list
-        reaches batches created before ``created_after``; bound the read by
-        RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS and say so (``complete=False``).
+        Stop as soon as every name is found (``reconcile_by_name``), or
+        (``batch_list_newest_first``) when the list reaches batches created before
+        ``created_after``; bound the read by RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS and
+        say so (``complete=False``).
         """
         raise NotImplementedError
 

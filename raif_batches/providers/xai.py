@@ -31,7 +31,14 @@ from ..exceptions import AnswerTooLarge, InvalidBatchRequest, ProviderUnavailabl
 from ..http import ApiClient, Validator, build_session, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
-from .base import BatchListing, BatchSnapshot, BatchStrategy, ParsedCompletion, ResultEntry
+from .base import (
+    BatchListing,
+    BatchSnapshot,
+    BatchStrategy,
+    LostCreate,
+    ParsedCompletion,
+    ResultEntry,
+)
 
 logger = logging.getLogger("raif_batches.xai")
 
@@ -266,6 +273,9 @@ def find_response(entry: dict[str, Any]) -> tuple[bool, Any]:
 
 class XAIStrategy(BatchStrategy):
     provider = "xai"
+    default_model = "grok-4.3"
+    # Observed: a batch whose counters say done can serve only part of its results for a while.
+    results_lag_counters = True
 
     def __init__(self, client: XAIClient | None = None):
         super().__init__()
@@ -354,7 +364,7 @@ class XAIStrategy(BatchStrategy):
         return parse_batch(answer)
 
     def find_provider_batches(
-        self, names: Collection[str], *, created_after: datetime | None
+        self, lost: Collection[LostCreate], *, created_after: datetime | None
     ) -> BatchListing:
         """One read of the team-wide list, for every wanted name at once.
 
@@ -362,7 +372,7 @@ class XAIStrategy(BatchStrategy):
         cannot stop at batches older than ``created_after``: it stops when every name is found,
         and otherwise at RECONCILE_MAX_PAGES pages or RECONCILE_MAX_SECONDS, incomplete.
         """
-        wanted = frozenset(names)
+        wanted = frozenset(create.name for create in lost)
         found: dict[str, list[BatchSnapshot]] = {}
         max_pages = int(get_setting("RECONCILE_MAX_PAGES"))
         max_seconds = float(get_setting("RECONCILE_MAX_SECONDS"))
