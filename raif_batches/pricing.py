@@ -171,9 +171,9 @@ def completion_cost(
     ``output_tokens`` includes reasoning tokens, which are billed at the completion rate; cached
     tokens (cache reads) and cache writes are part of ``prompt_tokens``, and the one-hour writes
     part of the cache writes; each part is billed at its own rate. With provider ticks the
-    total is the provider's, and it is split between prompt and output in proportion to what each part costs at the table's
-    prices (the parts always add up to the total); the split is unknown when the model has no
-    price (``price`` is ``price_for(model)``) or the table prices both parts at zero.
+    total is the provider's, and it is split between prompt and output in proportion to what
+    each part costs at the table's prices (the parts always add up to the total); the split is
+    unknown when the model has no price (``price`` is ``price_for(model)``) or the table prices both parts at zero.
     """
     parts: tuple[Decimal, Decimal] | None = None
     if price is not None:
