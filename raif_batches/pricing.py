@@ -173,7 +173,8 @@ def completion_cost(
     part of the cache writes; each part is billed at its own rate. With provider ticks the
     total is the provider's, and it is split between prompt and output in proportion to what
     each part costs at the table's prices (the parts always add up to the total); the split is
-    unknown when the model has no price (``price`` is ``price_for(model)``) or the table prices both parts at zero.
+    unknown when the model has no price (``price`` is ``price_for(model)``) or the table prices
+    both parts at zero.
     """
     parts: tuple[Decimal, Decimal] | None = None
     if price is not None:
