@@ -32,13 +32,13 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from .conf import RetryPolicy, max_response_bytes, request_timeout
+from .conf import RetryPolicy, listing_bounds, max_response_bytes, request_timeout
 from .exceptions import (
     AmbiguousSubmission,
     AnswerTooLarge,
@@ -110,12 +110,19 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
+#: Headers that carry a key, by provider: each is blanked in every request an error keeps.
+KEY_HEADERS = ("Authorization", "x-api-key")
+
+
 def scrub_request(request: Any) -> None:
     """Blank the key in a sent request's headers: errors keep the request (``error.request``,
     ``error.response.request``), and error reporters show it."""
     headers = getattr(request, "headers", None)
-    if headers is not None and "Authorization" in headers:
-        headers["Authorization"] = f"Bearer {REDACTED}"
+    if headers is None:
+        return
+    for name in KEY_HEADERS:
+        if name in headers:
+            headers[name] = f"Bearer {REDACTED}" if name == "Authorization" else REDACTED
 
 
 def scrub_response(response: Any) -> None:
@@ -200,18 +207,20 @@ def _finite(text: str) -> float:
     return value
 
 
-class _BearerAuth(AuthBase):
+class _KeyAuth(AuthBase):
     """Adds the key to each prepared request, so no headers dict of ours ever holds it."""
 
-    def __init__(self, key: str) -> None:
+    def __init__(self, key: str, header: str = "Authorization", prefix: str = "Bearer ") -> None:
         self._key = key
+        self._header = header
+        self._prefix = prefix
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = "Bearer " + self._key
+        request.headers[self._header] = self._prefix + self._key
         return request
 
     def __repr__(self) -> str:
-        return "<bearer key>"
+        return f"<key in {self._header}>"
 
 
 @dataclass
@@ -226,11 +235,16 @@ class _Fault:
 
 
 class ApiClient:
-    """A JSON API at ``base_url`` with a bearer key; provider modules build on it.
+    """A JSON API at ``base_url`` with a key; provider modules build on it.
 
     ``classify_error`` may be overridden to turn a provider's error body into the right
-    :class:`ProviderError` subclass.
+    :class:`ProviderError` subclass; ``auth_header``/``auth_prefix`` say where the key goes
+    (a bearer token by default), ``default_headers`` what every call also sends.
     """
+
+    auth_header = "Authorization"
+    auth_prefix = "Bearer "
+    default_headers: Mapping[str, str] = {}
 
     def __init__(
         self,
@@ -246,7 +260,7 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         # A key pasted with its line break (``$(cat key.txt)``) is the same key.
         self._api_key = api_key.strip()
-        self._auth = _BearerAuth(self._api_key)
+        self._auth = _KeyAuth(self._api_key, self.auth_header, self.auth_prefix)
         self.session = session or build_session()
         self.retry = retry or RetryPolicy.from_settings()
         self.timeout = timeout or request_timeout()
@@ -330,6 +344,65 @@ class ApiClient:
             )
             self._sleep(delay)
 
+    def download(
+        self,
+        path: str,
+        sink: IO[bytes],
+        *,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        url: str | None = None,
+    ) -> int:
+        """GET a file or stream of any size into ``sink`` (a file opened for writing); returns
+        its size in bytes. Idempotent: a transient fault starts the download over.
+
+        Unlike :meth:`request`, the body is not bounded by MAX_RESPONSE_BYTES (it goes to
+        ``sink``, not to memory), and the whole call by LISTING_MAX_SECONDS rather than one
+        connect + read timeout; every read still times out on its own. ``url`` (absolute, on
+        this client's host) is used instead of ``base_url + path`` when the provider names it.
+        """
+        started = time.monotonic()
+        _, max_seconds = listing_bounds()
+        attempt = 0
+        target = url or f"{self.base_url}{path}"
+        while True:
+            attempt += 1
+            sink.seek(0)
+            sink.truncate()
+            outcome = self._attempt(
+                "GET",
+                path,
+                expect=None,
+                deadline=started + max_seconds,
+                params=params,
+                headers=headers,
+                sink=sink,
+                url=target,
+            )
+            if not isinstance(outcome, _Fault):
+                sink.flush()
+                sink.seek(0)
+                return int(outcome)
+            failure = outcome.error
+            if not outcome.retry:
+                raise failure
+            elapsed = time.monotonic() - started
+            delay = self._backoff(attempt, retry_after_seconds(outcome.response))
+            if attempt >= self.retry.max_attempts or elapsed + delay > self.retry.max_total_seconds:
+                raise type(failure)(
+                    f"gave up after {attempt} attempt(s) in {elapsed:.1f}s on GET {path}: "
+                    f"{failure}",
+                    status_code=failure.status_code,
+                )
+            logger.warning(
+                "Transient failure downloading %s (attempt %d): %s; retrying in %.2fs",
+                path,
+                attempt,
+                failure,
+                delay,
+            )
+            self._sleep(delay)
+
     def _attempt(
         self,
         method: str,
@@ -338,22 +411,29 @@ class ApiClient:
         expect: Validator | None,
         deadline: float,
         lenient_numbers: bool = False,
+        sink: IO[bytes] | None = None,
+        url: str | None = None,
         **kwargs: Any,
     ) -> Any:
-        """One call: the decoded answer, or a :class:`_Fault`. Catches everything, so that the
-        caller raises outside any ``except`` block and no error chains to a ``requests`` one."""
+        """One call: the decoded answer (with ``sink``: the bytes written to it), or a
+        :class:`_Fault`. Catches everything, so that the caller raises outside any ``except``
+        block and no error chains to a ``requests`` one."""
         response: requests.Response | None = None
+        headers = {**self.default_headers, **(kwargs.pop("headers", None) or {})}
         try:
             response = self.session.request(
                 method,
-                f"{self.base_url}{path}",
+                url or f"{self.base_url}{path}",
                 auth=self._auth,
                 timeout=self.timeout,
                 allow_redirects=False,
                 stream=True,
+                headers=headers or None,
                 **kwargs,
             )
             scrub_response(response)
+            if sink is not None and response.status_code < 300:
+                return self._copy_body(response, sink, deadline)
             body = self._read_body(response, deadline)
         except AnswerTooLarge as error:
             return _Fault(self._redacted(error, method, path), retry=False, ambiguous=True)
@@ -379,6 +459,15 @@ class ApiClient:
             retry = failure.retryable
             return _Fault(failure, retry=retry, ambiguous=retry, response=response)
         return self._decode(response, body, expect, lenient_numbers)
+
+    def _copy_body(self, response: requests.Response, sink: IO[bytes], deadline: float) -> int:
+        size = 0
+        for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+            sink.write(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise requests.Timeout("the download outlasted LISTING_MAX_SECONDS")
+        return size
 
     def _read_body(self, response: requests.Response, deadline: float) -> bytearray:
         """The answer's bytes, refused past ``max_bytes`` or past the call's time budget."""
