@@ -120,23 +120,27 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def parse_settings(items: list[str]) -> dict[str, Any]:
+def parse_settings(items: list[str], config_class: Any = None) -> dict[str, Any]:
     """``FIELD=VALUE`` pairs: VALUE as JSON when it parses, else as a string; lists become the
-    field's own collection type (set or tuple)."""
+    field's own collection type (set or tuple). ``config_class``: the emulator's config
+    dataclass (xAI's ``EmulatorConfig`` by default)."""
     from raif_batches.emulator import EmulatorConfig
 
-    kinds = {f.name: f for f in dataclasses.fields(EmulatorConfig)}
+    config_class = config_class or EmulatorConfig
+    kinds = {f.name: f for f in dataclasses.fields(config_class)}
     values: dict[str, Any] = {}
     for item in items:
         name, sep, raw = item.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in kinds:
-            raise CommandError(f"--set expects FIELD=VALUE with an EmulatorConfig field: {item!r}")
+            raise CommandError(
+                f"--set expects FIELD=VALUE with a {config_class.__name__} field: {item!r}"
+            )
         try:
             value: Any = json.loads(raw)
         except ValueError:
             value = raw
-        default = getattr(EmulatorConfig(), name)
+        default = getattr(config_class(), name)
         if isinstance(value, list) and isinstance(default, set | tuple):
             value = type(default)(value)
         values[name] = value
