@@ -64,6 +64,48 @@ def hostile_emulator(settings: Any) -> Iterator[Any]:
         yield emu
 
 
+#: Every built-in provider: the behaviour suite (``any_emulator``) runs once for each.
+PROVIDERS = ("xai", "openai", "anthropic")
+
+
+def provider_settings(emu: Any, **extra: Any) -> dict[str, Any]:
+    """The fast settings, pointed at ``emu`` under its provider's prefix."""
+    prefix = emu.provider.upper()
+    return {
+        **FAST_SETTINGS,
+        f"{prefix}_BASE_URL": emu.base_url,
+        f"{prefix}_API_KEY": emu.api_key,
+        **extra,
+    }
+
+
+@pytest.fixture(params=PROVIDERS)
+def provider(request: Any) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def any_emulator(provider: str, settings: Any) -> Iterator[Any]:
+    """Each provider's emulator in turn (fast profile), settings pointed at it."""
+    from raif_batches.emulator import run_emulator
+    from raif_batches.emulator.pytest_plugin import FIXTURE_KEY
+
+    with run_emulator(api_key=FIXTURE_KEY, profile="fast", provider=provider) as emu:
+        settings.RAIF_BATCHES = provider_settings(emu)
+        yield emu
+
+
+@pytest.fixture
+def any_realistic_emulator(provider: str, settings: Any) -> Iterator[Any]:
+    """Each provider's emulator in turn, as the provider really answers (pacing, quirks)."""
+    from raif_batches.emulator import run_emulator
+    from raif_batches.emulator.pytest_plugin import FIXTURE_KEY
+
+    with run_emulator(api_key=FIXTURE_KEY, profile="realistic", provider=provider) as emu:
+        settings.RAIF_BATCHES = provider_settings(emu)
+        yield emu
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     from django.conf import settings
 

@@ -44,8 +44,8 @@ def environment(emulator: Any, **raif_settings: Any) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.subprocess_settings",
         "DATABASE_URL": database_url(),
-        "XAI_BASE_URL": emulator.base_url,
-        "XAI_API_KEY": emulator.api_key,
+        f"{emulator.provider.upper()}_BASE_URL": emulator.base_url,
+        f"{emulator.provider.upper()}_API_KEY": emulator.api_key,
         "RAIF_TEST_SETTINGS": json.dumps({**FAST_SETTINGS, **raif_settings}),
         "PYTHONDONTWRITEBYTECODE": "1",
     }

@@ -449,8 +449,21 @@ def finish_results(
             total=Sum("total_cost"),
             completed=Count("pk", filter=Q(status=CompletionStatus.COMPLETED)),
             failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
+            not_run=Count(
+                "pk",
+                filter=Q(status=CompletionStatus.FAILED, failure_error__in=NOT_RUN_KINDS),
+            ),
             all=Count("pk"),
         )
+        # The provider's counters can lie after a cancel or an expiry: from now on the counts
+        # are the stored lines' (the provider's last report stays in provider_response).
+        locked.request_counts = {
+            "total": totals["all"],
+            "pending": 0,
+            "succeeded": totals["completed"],
+            "failed": totals["failed"] - totals["not_run"],
+            "cancelled": totals["not_run"],
+        }
         if locked.failure_error not in OWN_FAILURE_KINDS:
             # Notes on reads that did not get through are moot once the harvest is over.
             if unavailable is not None:
@@ -520,6 +533,13 @@ def _wait_for_results(
 
 
 STORE_ERRORS = (DatabaseError, ValueError, RecursionError, OverflowError)
+#: A line's failure that means it never ran: counted as cancelled, not as failed.
+NOT_RUN_KINDS = (
+    FailureKind.REQUEST_CANCELLED,
+    FailureKind.REQUEST_EXPIRED,
+    FailureKind.BATCH_CANCELED,
+    FailureKind.BATCH_EXPIRED,
+)
 TOKEN_FIELDS = (
     "prompt_tokens",
     "completion_tokens",

@@ -1,8 +1,9 @@
 """Run one batch end to end: create, submit, poll until done, print every result.
 
-Without ``XAI_BASE_URL`` in the environment the bundled xAI emulator is started on a free
-loopback port, so the demo needs no key and no network. It runs the emulator's realistic profile
-(a validation phase, lines finishing over several reads, ``state`` missing now and then), which
+``--provider`` picks xAI (the default), OpenAI or Anthropic. Without that provider's base URL
+(``XAI_BASE_URL``, ``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``) in the environment or settings,
+its bundled emulator is started on a free loopback port, so the demo needs no key and no
+network. It runs the emulator's realistic profile (the provider's pacing and quirks), which
 finishes in a few seconds at the demo's pace, and says so: the answers are canned, not a model's.
 The output then explains the one line the provider counted as a success that failed here, and
 ends with the next steps (a superuser, the server, the admin).
@@ -23,7 +24,15 @@ from django.test.utils import override_settings
 from example_project.tickets.handlers import LABEL_FORMAT
 from example_project.tickets.models import Ticket
 from raif_batches import create_batch, poll, submit
+from raif_batches.conf import provider_label
 from raif_batches.models import ModelCompletionBatch
+
+#: Each built-in emulator's ``manage.py`` command and default port, for the next steps.
+EMULATOR_COMMANDS = {
+    "xai": ("xai_emulator", 8765, "/v1"),
+    "openai": ("openai_emulator", 8766, "/v1"),
+    "anthropic": ("anthropic_emulator", 8767, ""),
+}
 
 SYSTEM = (
     "Classify the support ticket as one of: billing, bug, feature, account, other. "
@@ -64,9 +73,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--interval", type=float, default=0.2, help="Seconds between two polls."
         )
+        parser.add_argument(
+            "--provider",
+            choices=sorted(EMULATOR_COMMANDS),
+            default="xai",
+            help="Whose Batch API runs the demo (its emulator unless its base URL is set).",
+        )
 
-    def handle(self, *args: Any, timeout: float, interval: float, **options: Any) -> None:
+    def handle(
+        self, *args: Any, timeout: float, interval: float, provider: str, **options: Any
+    ) -> None:
         call_command("migrate", verbosity=0, interactive=False)
+        self.provider = provider
         with ExitStack() as stack:
             emulated = self.configure_provider(stack)
             batch = self.create_demo_batch()
@@ -104,27 +122,31 @@ class Command(BaseCommand):
     def configure_provider(self, stack: ExitStack) -> bool:
         """Point the app at the emulator unless a provider URL is configured; True if emulated."""
         configured = getattr(settings, "RAIF_BATCHES", {}) or {}
-        if os.environ.get("XAI_BASE_URL") or configured.get("XAI_BASE_URL"):
-            self.stdout.write("Using the xAI API at XAI_BASE_URL: answers come from that server.")
+        prefix = self.provider.upper()
+        label = provider_label(self.provider)
+        if os.environ.get(f"{prefix}_BASE_URL") or configured.get(f"{prefix}_BASE_URL"):
+            self.stdout.write(
+                f"Using the {label} API at {prefix}_BASE_URL: answers come from that server."
+            )
             return False
         from raif_batches.emulator import run_emulator
 
-        # The realistic profile: validation phase, lines done over several reads, quirks on.
-        emulator = stack.enter_context(run_emulator(api_key="demo-key"))
+        # The realistic profile: the provider's pacing (lines done over several reads), quirks on.
+        emulator = stack.enter_context(run_emulator(api_key="demo-key", provider=self.provider))
         stack.enter_context(
             override_settings(
                 RAIF_BATCHES={
                     **configured,
-                    "XAI_BASE_URL": emulator.base_url,
-                    "XAI_API_KEY": emulator.api_key,
+                    f"{prefix}_BASE_URL": emulator.base_url,
+                    f"{prefix}_API_KEY": emulator.api_key,
                 }
             )
         )
         self.stdout.write(
-            f"Answers come from the bundled xAI emulator at {emulator.base_url}, not from xAI:\n"
-            "  no key, no network, nothing billed. It answers like xAI's Batch API (a validation\n"
-            "  phase, lines finishing over several polls, real prices) with canned texts, not a\n"
-            "  model's. Set XAI_BASE_URL and XAI_API_KEY to run the demo against xAI itself."
+            f"Answers come from the bundled {label} emulator at {emulator.base_url}, not from "
+            f"{label}:\n  no key, no network, nothing billed. It answers like {label}'s Batch "
+            "API (its\n  pacing, its quirks, real prices) with canned texts, not a model's. Set\n"
+            f"  {prefix}_BASE_URL and {prefix}_API_KEY to run the demo against {label} itself."
         )
         return True
 
@@ -194,26 +216,27 @@ class Command(BaseCommand):
                 "messages": [{"role": "user", "content": "Label this [[emulator:invalid-json]]"}],
             },
         ]
+        for request in requests:
+            request.setdefault("max_tokens", 200)  # Anthropic requires it on every request
         return create_batch(
-            provider="xai",
-            model="grok-4.3",
+            provider=self.provider,
             requests=requests,
             name="Demo: classify tickets",
             handler=HANDLER,
         )
 
     def explain_local_failures(self, batch: ModelCompletionBatch) -> None:
-        """The lines the provider counted as successes that failed here, and why."""
-        counts = batch.request_counts
+        """The lines the provider answered with a success that failed here, and why."""
         done = batch.completions.filter(status="completed").count()
+        failed = batch.completions.filter(status="failed")
+        local = failed.filter(failure_error="invalid JSON answer").order_by("batch_custom_id")
+        answered = done + local.count()
         self.stdout.write(
-            f"\nThe provider counted {counts.get('succeeded', 0)} successes and "
-            f"{counts.get('failed', 0)} errors; here {done} completed and "
-            f"{batch.completions.filter(status='failed').count()} failed."
+            f"\nThe provider answered {answered} requests with a success and "
+            f"{failed.count() - local.count()} with an error; here {done} completed and "
+            f"{failed.count()} failed."
         )
-        for c in batch.completions.filter(failure_error="invalid JSON answer").order_by(
-            "batch_custom_id"
-        ):
+        for c in local:
             cost = f"${c.total_cost:.10f}" if c.total_cost is not None else "its price"
             self.stdout.write(
                 f"\nWhy {c.batch_custom_id} failed although the provider counted it a success:\n"
@@ -235,10 +258,12 @@ class Command(BaseCommand):
             "  submit, poll, cancel and retry."
         )
         if emulated:
+            command, port, path = EMULATOR_COMMANDS[self.provider]
+            prefix = self.provider.upper()
             self.stdout.write(
                 "  To try submit_batches / poll_batches by hand without a key, run\n"
-                "  python manage.py xai_emulator (it accepts any key) and set\n"
-                "  XAI_BASE_URL=http://127.0.0.1:8765/v1 XAI_API_KEY=emulator-key."
+                f"  python manage.py {command} (it accepts any key) and set\n"
+                f"  {prefix}_BASE_URL=http://127.0.0.1:{port}{path} {prefix}_API_KEY=emulator-key."
             )
 
     def print_table(self, batch: ModelCompletionBatch) -> None:
