@@ -84,9 +84,13 @@ class ProviderError(RaifBatchesError, requests.HTTPError):
 
 
 class ProviderAuthenticationError(ProviderError):
-    """The provider rejected the API key (xAI answers this with HTTP 400, not 401)."""
+    """The provider rejected the API key (xAI answers this with HTTP 400, not 401).
+
+    ``provider`` names whose key it was, so that the message names the setting to fix.
+    """
 
     kind = "API key rejected"
+    provider = ""
 
 
 class ProviderNotFound(ProviderError):

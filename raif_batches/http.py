@@ -256,7 +256,9 @@ class ApiClient:
         timeout: tuple[float, float] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_bytes: int | None = None,
+        provider: str = "",
     ):
+        self.provider = provider  # named on the errors that say the key was refused
         self.base_url = base_url.rstrip("/")
         # A key pasted with its line break (``$(cat key.txt)``) is the same key.
         self._api_key = api_key.strip()
@@ -557,10 +559,10 @@ class ApiClient:
         kwargs: dict[str, Any] = {"status_code": status, "payload": payload, "response": response}
         if status in RETRYABLE_STATUS:
             return ProviderUnavailable(message, **kwargs)
-        if status in (401, 403) and self.is_authentication_error(response, payload):
-            return ProviderAuthenticationError(message, **kwargs)
         if self.is_authentication_error(response, payload):
-            return ProviderAuthenticationError(message, **kwargs)
+            refused = ProviderAuthenticationError(message, **kwargs)
+            refused.provider = self.provider
+            return refused
         if status == 404:
             return ProviderNotFound(message, **kwargs)
         if status >= 500 and status != 501:  # 501: "not implemented", a clear refusal

@@ -312,3 +312,22 @@ def test_pollers_in_processes_store_each_result_once(any_emulator: Any, audit: A
         batch.refresh_from_db()
         assert batch.claimed_by == ""
         assert_totals_are_sums(batch)
+
+
+def test_a_provider_without_a_key_stops_only_its_own_batches(
+    any_emulator: Any, settings: Any
+) -> None:
+    other = next(p for p in ("xai", "openai", "anthropic") if p != any_emulator.provider)
+    mine = new_batch(any_emulator.provider, 2)
+    theirs = new_batch(other, 2)
+    settings.RAIF_BATCHES = {
+        key: value
+        for key, value in settings.RAIF_BATCHES.items()
+        if not key.startswith(other.upper() + "_")
+    }
+    report = submit()
+    assert report.submitted == [mine.pk]
+    assert any(f"{other.upper()}_API_KEY" in error for error in report.errors), report.errors
+    theirs.refresh_from_db()
+    assert theirs.status == "pending" and not theirs.provider_batch_id
+    assert drive(mine, any_emulator).completions.filter(status="completed").count() == 2

@@ -291,6 +291,7 @@ class XAIStrategy(BatchStrategy):
                 base_url(self.provider),
                 api_key(self.provider),
                 session=build_session(pool_size=max(pool, 4)),
+                provider=self.provider,
             )
         return self._client
 
