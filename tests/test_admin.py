@@ -738,3 +738,63 @@ def test_action_entries_are_read_by_attribute_where_django_has_them() -> None:
 
     assert action_parts(Action()) == (len, "Length")
     assert action_parts((len, "length", "Length")) == (len, "Length")  # Django 5.2 and 6.0
+
+
+def _held_for_the_operator(emulator: Any) -> tuple[ModelCompletionBatch, str]:
+    """A batch whose create happened but whose answer was lost, with two candidates shown (as
+    a provider without names leaves it): the real one and a stranger's."""
+    from raif_batches.emulator import Fault
+    from raif_batches.polling import submit
+
+    batch = make_batch(2)
+    emulator.add_fault(Fault("create_batch", "accept_then_drop"))
+    submit([batch.pk])
+    real = next(iter(emulator.state.batches))
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(
+        reconcile_candidates=[
+            {"provider_batch_id": real, "created_at": None, "requests": 2},
+            {"provider_batch_id": "batch_someone_elses", "created_at": None, "requests": 2},
+        ],
+        failure_error="lost create ambiguous",
+    )
+    return ModelCompletionBatch.objects.get(pk=batch.pk), real
+
+
+def test_an_ambiguous_lost_create_is_adopted_from_the_batch_page(
+    admin_client: Client, emulator: Any
+) -> None:
+    batch, real = _held_for_the_operator(emulator)
+    page = admin_client.get(batch_url(batch.pk)).content.decode()
+    assert "Lost create: which provider batch is this one?" in page
+    assert f"Adopt {real}" in page and "Adopt batch_someone_elses" in page
+    adopt = reverse("admin:raif_batches_modelcompletionbatch_adopt", args=[batch.pk, real])
+    assert admin_client.get(adopt).status_code == 405
+    response = admin_client.post(adopt)
+    assert response.status_code == 302
+    assert any(
+        f"Adopted provider batch {real}" in m.message for m in get_messages(response.wsgi_request)
+    )
+    batch.refresh_from_db()
+    assert (batch.provider_batch_id, batch.reconcile_candidates) == (real, [])
+    batch = run_to_end(batch)
+    assert batch.completions.filter(status="completed").count() == 2
+    assert emulator.state.count_calls("create_batch") == 1
+
+
+def test_an_ambiguous_lost_create_is_abandoned_and_never_created_again(
+    admin_client: Client, emulator: Any
+) -> None:
+    from raif_batches.polling import submit
+
+    batch, _ = _held_for_the_operator(emulator)
+    viewer = staff("view_modelcompletionbatch")
+    abandon = reverse("admin:raif_batches_modelcompletionbatch_abandon", args=[batch.pk])
+    assert viewer.post(abandon).status_code == 403
+    assert "Abandon this batch" not in viewer.get(batch_url(batch.pk)).content.decode()
+    assert admin_client.post(abandon).status_code == 302
+    batch.refresh_from_db()
+    assert (batch.status, batch.failure_error) == ("failed", "abandoned by operator")
+    assert "batch_someone_elses" in batch.failure_reason
+    assert set(batch.completions.values_list("status", flat=True)) == {"failed"}
+    submit()
+    assert emulator.state.count_calls("create_batch") == 1

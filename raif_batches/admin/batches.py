@@ -24,17 +24,26 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, Q, QuerySet, Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 from django.utils.translation import gettext, ngettext
 
-from ..exceptions import BatchInFlight
+from ..exceptions import BatchBusy, BatchInFlight, BatchStateError, ProviderError
+from ..lifecycle import submission
 from ..models import (
     IN_FLIGHT_STATUSES,
     BatchStatus,
@@ -42,6 +51,7 @@ from ..models import (
     ModelCompletion,
     ModelCompletionBatch,
 )
+from ..providers import get_strategy
 from .actions import BATCH_ACTIONS
 from .changelists import WIDE_COUNT_LIMIT, BatchChangeList, BoundedCountPaginator
 from .filters import ModelFilter, ProviderFilter
@@ -60,6 +70,7 @@ from .rendering import (
     pretty_json,
     pretty_text,
     progress_bar,
+    safe_message,
     short_time,
     status_badge,
     when,
@@ -139,6 +150,8 @@ class ModelCompletionBatchAdmin(ObjectActionsMixin, admin.ModelAdmin):
                     "claimed_by",
                     "claimed_until",
                     "create_attempted_at",
+                    "create_ended_at",
+                    "reconcile_candidates",
                     "counts_changed_at",
                     "cancel_reason",
                 ),
@@ -178,6 +191,93 @@ class ModelCompletionBatchAdmin(ObjectActionsMixin, admin.ModelAdmin):
 
     def has_export_permission(self, request: HttpRequest) -> bool:
         return self._has_custom_perm(request, "export")
+
+    # -- a lost create that the provider's list cannot tell apart: adopt or abandon ----------
+
+    def get_urls(self) -> list[Any]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        extra = [
+            path(
+                "<path:object_id>/adopt/<str:provider_batch_id>/",
+                self.admin_site.admin_view(self.adopt_view),
+                name=f"{prefix}_adopt",
+            ),
+            path(
+                "<path:object_id>/abandon/",
+                self.admin_site.admin_view(self.abandon_view),
+                name=f"{prefix}_abandon",
+            ),
+        ]
+        return extra + super().get_urls()
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = dict(extra_context or {})
+        obj = self.get_object(request, unquote(object_id))
+        if (
+            obj is not None
+            and obj.status == BatchStatus.SUBMITTING
+            and obj.reconcile_candidates
+            and self.has_submit_permission(request)
+        ):
+            prefix = f"admin:{self.opts.app_label}_{self.opts.model_name}"
+            extra_context["raif_candidates"] = [
+                {
+                    **candidate,
+                    "url": reverse(
+                        f"{prefix}_adopt",
+                        args=[obj.pk, str(candidate.get("provider_batch_id"))],
+                    ),
+                }
+                for candidate in obj.reconcile_candidates
+                if isinstance(candidate, dict) and candidate.get("provider_batch_id")
+            ]
+            extra_context["raif_abandon_url"] = reverse(f"{prefix}_abandon", args=[obj.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _operator_choice(
+        self, request: HttpRequest, object_id: str, choose: Any, done: str
+    ) -> HttpResponseBase:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None or not self.has_submit_permission(request):
+            raise PermissionDenied
+        try:
+            choose(obj)
+        except (BatchStateError, BatchBusy, ProviderError) as error:
+            self.message_user(request, safe_message(error), messages.ERROR)
+        else:
+            self.message_user(request, done, messages.SUCCESS)
+        return HttpResponseRedirect(batch_change_url(obj.pk))
+
+    def adopt_view(
+        self, request: HttpRequest, object_id: str, provider_batch_id: str
+    ) -> HttpResponseBase:
+        """The operator says which provider batch the lost create made."""
+        return self._operator_choice(
+            request,
+            object_id,
+            lambda batch: submission.adopt_candidate(
+                get_strategy(batch.provider), batch, provider_batch_id
+            ),
+            f"Adopted provider batch {provider_batch_id}; it is polled from now on.",
+        )
+
+    def abandon_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """The operator gives the batch up: failed, never created again."""
+        return self._operator_choice(
+            request,
+            object_id,
+            lambda batch: submission.abandon(batch),
+            "Abandoned: the batch is failed and will not be created again. Cancel any provider "
+            "batch it made at the provider; retry its requests as a new batch if needed.",
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [
