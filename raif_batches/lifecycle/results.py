@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -87,8 +88,17 @@ class Prices(dict[str, ModelPrice | None]):
         return price
 
 
-def fetch_results(strategy: BatchStrategy, batch: ModelCompletionBatch) -> int:
+def fetch_results(
+    strategy: BatchStrategy,
+    batch: ModelCompletionBatch,
+    *,
+    pages: Iterator[list[ResultEntry]] | None = None,
+) -> int:
     """Fetch and store the results of a terminal batch. Returns results applied.
+
+    ``pages`` is the batch's ``iter_result_pages`` already opened by the caller (the runner
+    reads the first pages of many batches at once, see :func:`open_result_pages`); by default
+    they are read here.
 
     The harvest ends (``results_fetched_at`` set) only once every outcome the provider's
     counters report is stored, or once the wait for the rest (``RESULTS_WAIT_SECONDS``) is
@@ -107,7 +117,9 @@ def fetch_results(strategy: BatchStrategy, batch: ModelCompletionBatch) -> int:
     applied = 0
     if batch.provider_batch_id:
         try:
-            for page in strategy.iter_result_pages(batch.provider_batch_id):
+            if pages is None:
+                pages = strategy.iter_result_pages(batch.provider_batch_id)
+            for page in pages:
                 applied += apply_result_page(batch, page, prices)
         except ProviderError as error:
             if not _results_gone(error) or not _results_gone_for_good(batch, error):
@@ -116,6 +128,34 @@ def fetch_results(strategy: BatchStrategy, batch: ModelCompletionBatch) -> int:
             return applied
     finish_results(batch, counters_lead=strategy.results_lag_counters)
     return applied
+
+
+def open_result_pages(
+    strategy: BatchStrategy, provider_batch_id: str
+) -> Iterator[list[ResultEntry]]:
+    """A batch's result pages with the first one already read (HTTP only, any thread).
+
+    What reading it raised is raised again where the first page would have been, so the
+    caller (:func:`fetch_results`) meets the fault as if it had read the page itself.
+    """
+    try:
+        pages = strategy.iter_result_pages(provider_batch_id)
+        first = next(pages, None)
+    except Exception as error:
+        failed = error
+
+        def failing() -> Iterator[list[ResultEntry]]:
+            raise failed
+            yield []  # pragma: no cover  (makes this a generator)
+
+        return failing()
+
+    def resumed() -> Iterator[list[ResultEntry]]:
+        if first is not None:
+            yield first
+            yield from pages
+
+    return resumed()
 
 
 def _results_gone_for_good(batch: ModelCompletionBatch, error: ProviderError) -> bool:

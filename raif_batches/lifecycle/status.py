@@ -7,10 +7,13 @@ fetched once the batch ends (:mod:`raif_batches.lifecycle.results`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
+from ..bulk import update_from_values
 from ..clock import db_now
 from ..exceptions import BatchStateError
 from ..models import BatchStatus, FailureKind, ModelCompletionBatch
@@ -39,6 +42,69 @@ def apply_snapshot(
         store_snapshot(locked, snapshot, now)
         locked.save()
     return locked
+
+
+#: The columns :func:`~raif_batches.lifecycle.transitions.store_snapshot` may change.
+SNAPSHOT_FIELDS = (
+    "status",
+    "request_counts",
+    "counts_changed_at",
+    "provider_response",
+    "expires_at",
+    "cancel_requested_at",
+    "cancel_reason",
+    "rejected_at",
+    "failure_error",
+    "failure_reason",
+    "ended_at",
+    "next_poll_at",
+)
+
+
+def apply_snapshots(
+    snapshots: Sequence[tuple[int, BatchSnapshot]], *, now: datetime | None = None
+) -> tuple[list[int], dict[int, Exception]]:
+    """Store many snapshots in one transaction: the rows locked in one statement, each
+    snapshot folded in as :func:`apply_snapshot` does, and every changed row written in one
+    bulk statement (split only by MAX_STATEMENT_BYTES), instead of a transaction per batch.
+
+    Returns (the pks stored, the errors by pk): a snapshot that cannot be folded in is that
+    batch's error alone; a batch deleted meanwhile is left out. Should the bulk write be
+    refused, each batch is stored on its own, so that one bad row costs only itself.
+    """
+    now = now or db_now()
+    by_pk = dict(snapshots)
+    stored: list[int] = []
+    errors: dict[int, Exception] = {}
+    try:
+        with transaction.atomic():
+            rows: list[dict[str, Any]] = []
+            for locked in ModelCompletionBatch.objects.locked().filter(pk__in=by_pk).order_by("pk"):
+                if locked.is_terminal:
+                    stored.append(locked.pk)
+                    continue
+                try:
+                    store_snapshot(locked, by_pk[locked.pk], now)
+                except Exception as error:  # this batch's answer alone
+                    errors[locked.pk] = error
+                    continue
+                rows.append({"id": locked.pk, **{f: getattr(locked, f) for f in SNAPSHOT_FIELDS}})
+                stored.append(locked.pk)
+            update_from_values(
+                ModelCompletionBatch, key_fields=("id",), set_fields=SNAPSHOT_FIELDS, rows=rows
+            )
+    except DatabaseError:
+        stored, errors = [], {}
+        for pk, snapshot in snapshots:
+            try:
+                apply_snapshot(pk, snapshot, now=now)
+            except ModelCompletionBatch.DoesNotExist:
+                continue
+            except Exception as error:
+                errors[pk] = error
+            else:
+                stored.append(pk)
+    return stored, errors
 
 
 def cancel(
