@@ -331,6 +331,44 @@ def _drive(
             report.handlers_called += 1
 
 
+#: How far before the oldest polled batch's submission the provider's list is read (clock
+#: differences between the provider and the database).
+LIST_POLL_MARGIN = timedelta(minutes=10)
+
+
+def _read_lists(
+    batches: list[ModelCompletionBatch], strategies: _Strategies
+) -> dict[str, BatchSnapshot | Exception]:
+    """Snapshots of the polled batches that their providers' lists hold (one read of each list
+    back to the oldest of them), where a provider's list serves that; the others are read one
+    by one. A list that cannot be read costs nothing but the fallback."""
+    by_provider: dict[str, list[ModelCompletionBatch]] = {}
+    for batch in batches:
+        by_provider.setdefault(batch.provider, []).append(batch)
+    found: dict[str, BatchSnapshot | Exception] = {}
+    for provider, group in by_provider.items():
+        strategy = strategies[provider]
+        if len(group) < 2 or not strategy.batch_list_newest_first:
+            continue
+        oldest = min(b.submitted_at or b.create_attempted_at or b.created_at for b in group)
+        try:
+            recent = strategy.list_recent_batches(oldest - LIST_POLL_MARGIN)
+        except ProviderAuthenticationError as error:
+            return {batch.provider_batch_id: error for batch in group[:1]}
+        except ProviderError as error:
+            logger.warning(
+                "Reading %s's batch list failed (%s); reading each batch", provider, error
+            )
+            continue
+        if recent is None:
+            continue
+        for batch in group:
+            snapshot = recent.snapshots.get(batch.provider_batch_id)
+            if snapshot is not None:
+                found[batch.provider_batch_id] = snapshot
+    return found
+
+
 def _refresh_concurrently(
     batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
 ) -> None:
@@ -346,15 +384,27 @@ def _refresh_concurrently(
         except Exception as error:  # reported below, on the calling thread
             return error
 
-    # The first read goes alone: a rejected key then stops the run after one call instead of
-    # one call per batch.
-    snapshots = [read(batches[0])]
-    if not isinstance(snapshots[0], ProviderAuthenticationError) and len(batches) > 1:
-        workers = min(int(get_setting("POLL_CONCURRENCY")), len(batches) - 1)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
-            snapshots.extend(pool.map(read, batches[1:]))
+    # Where the provider's list is sorted newest first, one read of it serves every batch it
+    # holds; the rest are read one by one, concurrently.
+    listed = _read_lists(batches, strategies)
+    pairs: list[tuple[ModelCompletionBatch, BatchSnapshot | Exception]] = [
+        (batch, listed[batch.provider_batch_id])
+        for batch in batches
+        if batch.provider_batch_id in listed
+    ]
+    unlisted = [batch for batch in batches if batch.provider_batch_id not in listed]
+    refused = any(isinstance(answer, ProviderAuthenticationError) for _, answer in pairs)
+    if unlisted and not refused:
+        # The first read goes alone: a rejected key then stops the run after one call instead
+        # of one call per batch.
+        first = read(unlisted[0])
+        pairs.append((unlisted[0], first))
+        if not isinstance(first, ProviderAuthenticationError) and len(unlisted) > 1:
+            workers = min(int(get_setting("POLL_CONCURRENCY")), len(unlisted) - 1)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
+                pairs.extend(zip(unlisted[1:], pool.map(read, unlisted[1:]), strict=True))
     readable: list[tuple[int, BatchSnapshot]] = []
-    for batch, snapshot in zip(batches, snapshots, strict=False):
+    for batch, snapshot in pairs:
         if isinstance(snapshot, ProviderAuthenticationError):
             note_on_batch(batch, snapshot)
             report.fatal = snapshot

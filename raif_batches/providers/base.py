@@ -133,6 +133,14 @@ class BatchListing:
 
 
 @dataclass(frozen=True)
+class RecentBatches:
+    """What one read of the provider's list says about its recent batches, by id."""
+
+    snapshots: Mapping[str, BatchSnapshot]
+    complete: bool = True
+
+
+@dataclass(frozen=True)
 class ResultEntry:
     """One line's outcome: a completion, or the provider's error message.
 
@@ -218,6 +226,14 @@ class BatchStrategy:
         say so (``complete=False``).
         """
         raise NotImplementedError
+
+    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
+        """Every provider batch created after ``created_after``, read from the provider's list
+        (newest first) in as few calls as it allows, for polling many batches at once; None
+        when the list cannot serve that (no documented order, as at xAI). Bounded by
+        RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS: a read stopped by a bound returns what
+        it read (``complete=False``), and the batches it did not reach are read one by one."""
+        return None
 
     def get_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
         raise NotImplementedError
