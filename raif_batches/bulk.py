@@ -36,6 +36,7 @@ import datetime
 import decimal
 import functools
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -92,18 +93,29 @@ def update_from_values(
 
 
 def insert_instances(
-    model: type[models.Model], objs: Sequence[models.Model], *, using: str = "default"
+    model: type[models.Model],
+    objs: Iterable[models.Model],
+    *,
+    using: str = "default",
+    max_rows: int = MAX_PARAMS,
 ) -> int:
     """Insert unsaved ``objs`` in as few statements as the bounds allow; pks are not read back.
 
-    On PostgreSQL the rows are streamed by one ``COPY``: ``bulk_create`` prepares every value
-    of every row in Python and, for text columns, escapes them into array literals, which made
-    a 50,000-request batch take seconds longer than the insert itself. Elsewhere the values are
-    prepared as ``bulk_create`` prepares them and sent as ``VALUES`` lists, in statements
-    bounded by rows and bytes.
+    ``objs`` is consumed lazily, one row at a time: it may be a generator that validates each
+    object as it goes (an exception it raises stops the insert; the caller's transaction rolls
+    back what was sent).
+
+    On PostgreSQL each ``max_rows`` rows are streamed by one ``COPY``: ``bulk_create``
+    prepares every value of every row in Python and, for text columns, escapes them into array
+    literals, which made a 50,000-request batch take seconds longer than the insert itself.
+    Elsewhere the values are prepared as ``bulk_create`` prepares them and sent as ``VALUES``
+    lists, in statements bounded by bytes and by ``max_rows``.
     """
-    if not objs:
+    iterator = iter(objs)
+    first = next(iterator, None)
+    if first is None:
         return 0
+    objs = itertools.chain([first], iterator)
     connection = connections[using]
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     # Only fields that compute their value at save time (auto_now, files) need pre_save.
@@ -119,16 +131,23 @@ def insert_instances(
     with quiet_cursor(connection) as cursor:
         if connection.vendor == "postgresql":
             plan = _copy_plan(fields, connection)
-            if computed:
-                encoded = (_copy_row([value(f, obj) for f in fields], plan) for obj in objs)
-            else:
-                get = _values_getter(attrgetter, [f.attname for f in fields])
-                encoded = (_copy_row(get(obj), plan) for obj in objs)
-            return copy_rows(connection, cursor, f"COPY {table} ({columns}) FROM STDIN", encoded)
+            get = _values_getter(attrgetter, [f.attname for f in fields])
+            sql = f"COPY {table} ({columns}) FROM STDIN"
+            # Each chunk is drawn from ``objs`` before its COPY starts: while a COPY is open the
+            # connection serves nothing else, and making an object may query the database
+            # (a content type, say), which would then wait on the COPY forever.
+            while drawn := list(itertools.islice(objs, max_rows)):
+                if computed:
+                    encoded = (_copy_row([value(f, obj) for f in fields], plan) for obj in drawn)
+                else:
+                    encoded = (_copy_row(get(obj), plan) for obj in drawn)
+                inserted += copy_rows(connection, cursor, sql, encoded)
+            return inserted
         placeholders = "(" + ", ".join("%s" for _ in fields) + ")"
         prepared = ([f.get_db_prep_save(value(f, obj), connection) for f in fields] for obj in objs)
+        rows_per_statement = max(1, min(MAX_PARAMS // len(fields), max_rows))
         for chunk in _chunks(
-            prepared, _params_bytes, statement_bytes(connection), max(1, MAX_PARAMS // len(fields))
+            prepared, _params_bytes, statement_bytes(connection), rows_per_statement
         ):
             execute_quietly(
                 connection,

@@ -276,3 +276,31 @@ def test_update_outside_a_transaction_commits_and_leaves_no_temporary_table() ->
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'raif_bulk_%%'")
             assert cursor.fetchone()[0] == 0
+
+
+def test_requests_whose_validation_reads_the_database_are_all_inserted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source's content type may be read while requests are validated: rows are drawn
+    before each COPY starts, since an open COPY holds the connection (a query then would wait
+    on it forever)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    from raif_batches import api, create_batch
+
+    monkeypatch.setattr(api, "INSERT_CHUNK", 2)
+    group = Group.objects.create(name="reviewers")
+    permission = Permission.objects.order_by("pk").first()
+    assert permission is not None
+    ContentType.objects.clear_cache()
+    sources = [group, group, group, permission, group]
+    batch = create_batch(
+        requests=[
+            {"custom_id": f"s-{i}", "messages": user(f"Q{i}"), "source": source}
+            for i, source in enumerate(sources)
+        ]
+    )
+    stored = batch.completions.order_by("batch_custom_id")
+    assert [c.source_object_id for c in stored] == [str(s.pk) for s in sources]
+    assert stored[3].source_content_type == ContentType.objects.get_for_model(Permission)
