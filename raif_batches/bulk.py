@@ -101,9 +101,9 @@ def insert_instances(
 ) -> int:
     """Insert unsaved ``objs`` in as few statements as the bounds allow; pks are not read back.
 
-    ``objs`` is consumed lazily, one row at a time: it may be a generator that validates each
-    object as it goes (an exception it raises stops the insert; the caller's transaction rolls
-    back what was sent).
+    ``objs`` is consumed lazily, at most ``max_rows`` at a time: it may be a generator that
+    validates each object as it goes (an exception it raises stops the insert; the caller's
+    transaction rolls back what was sent).
 
     On PostgreSQL each ``max_rows`` rows are streamed by one ``COPY``: ``bulk_create``
     prepares every value of every row in Python and, for text columns, escapes them into array
