@@ -20,8 +20,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency", type=float, default=0.0)
     parser.add_argument("--in-flight", type=int, default=0)
+    parser.add_argument("--padding-kb", type=int, default=0, help="each answer padded to this")
     args = parser.parse_args()
-    config = EmulatorConfig.fast(latency=args.latency, max_page_size=1000)
+    config = EmulatorConfig.fast(
+        latency=args.latency, max_page_size=1000, result_padding_kb=args.padding_kb
+    )
     if args.in_flight:
         config.requests_per_read = 0  # a read adds no progress: lines stay pending
     with run_emulator(api_key=API_KEY, config=config) as emulator:

@@ -23,6 +23,9 @@ import django
 
 MB = 1024 * 1024
 BIG_BATCH = "bench-50k"
+PADDED_BATCH = "bench-50k-4kb"
+#: Timings against a floor are the median of this many runs.
+REPEATS = 3
 SYSTEM_PROMPT = (
     "You label customer reviews as positive, negative or neutral. Answer with the label and "
     "one short sentence that explains it."
@@ -70,9 +73,12 @@ class QueryCounter:
 
     def __init__(self) -> None:
         self.count = 0
+        self.savepoints = 0
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         self.count += 1
+        if sql.lstrip().upper().startswith(("SAVEPOINT", "RELEASE SAVEPOINT", "ROLLBACK TO")):
+            self.savepoints += 1
         return execute(sql, params, many, context)
 
 
@@ -80,6 +86,7 @@ class QueryCounter:
 class Measure:
     wall: float = 0.0
     queries: int = 0
+    savepoints: int = 0
     peak_rss_mb: float = 0.0
     rss_delta_mb: float = 0.0
 
@@ -98,6 +105,7 @@ def measure() -> Iterator[Measure]:
         yield result
     result.wall = time.perf_counter() - started
     result.queries = counter.count
+    result.savepoints = counter.savepoints
     result.peak_rss_mb = peak_rss_mb()
     result.rss_delta_mb = result.peak_rss_mb - before
 
@@ -115,8 +123,12 @@ def row(
     baselines: tuple[str, ...] = (),
     compare: str = "time",
     target: str = "",
+    floor: str = "",
+    floor_max: float = 0.0,
 ) -> dict[str, Any]:
     return {
+        "floor": floor,
+        "floor_max": floor_max,
         "key": key,
         "operation": operation,
         "label": label or operation,
@@ -137,6 +149,26 @@ def row(
 
 def verdict(ok: bool, text: str) -> str:
     return f"{'✓' if ok else '✗'} {text}"
+
+
+def median_of(runs: list[Measure]) -> Measure:
+    """The run of median wall time (its peak and queries with it)."""
+    return sorted(runs, key=lambda m: m.wall)[len(runs) // 2]
+
+
+def mark_fetched(batch: Any) -> None:
+    """Leave a batch harvested, as the harvest would, so that later polls pass it by."""
+    from django.utils import timezone
+
+    type(batch).objects.filter(pk=batch.pk).update(results_fetched_at=timezone.now())
+
+
+def delete_batch(batch: Any) -> None:
+    from raif_batches.models import ModelCompletion
+
+    ModelCompletion.objects.filter(batch_id=batch.pk).delete()
+    batch.delete()
+    vacuum(ModelCompletion, type(batch))
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -190,16 +222,25 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
     from raif_batches import create_batch
     from raif_batches.api import INSERT_CHUNK
 
-    with measure() as m:
-        batch = create_batch(
-            model="grok-4.3", requests=review_requests(args.rows, "r"), name=BIG_BATCH
-        )
-    assert batch.completions.count() == args.rows
+    runs = []
+    for attempt in range(REPEATS):
+        with measure() as m:
+            batch = create_batch(
+                model="grok-4.3",
+                requests=review_requests(args.rows, "r"),
+                name=BIG_BATCH if attempt == 0 else "bench-create-again",
+            )
+        assert batch.completions.count() == args.rows
+        runs.append(m)
+        if attempt:
+            delete_batch(batch)
+    m = median_of(runs)
     chunks = math.ceil(args.rows / INSERT_CHUNK)
     return [
         row(
             "create",
-            f"create_batch: one INSERT per {INSERT_CHUNK:,} requests",
+            f"create_batch: validated, one COPY (INSERT elsewhere) per {INSERT_CHUNK:,} requests"
+            f" (median of {REPEATS})",
             m,
             n=args.rows,
             item="requests",
@@ -207,6 +248,36 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
             unit="chunk",
             baselines=("create_per_row",),
             target=verdict(m.wall < 10, "a few seconds (< 10 s)"),
+            floor="create_floor",
+            floor_max=1.5,
+        )
+    ]
+
+
+def op_create_floor(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    from django.db import connection, transaction
+
+    from raif_batches.models import ModelCompletionBatch
+
+    from . import floors
+
+    if connection.vendor != "postgresql":
+        return []
+    runs = []
+    for _ in range(REPEATS):
+        with measure() as m, transaction.atomic():
+            batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-floor")
+            assert floors.copy_requests(batch.pk, review_requests(args.rows, "f")) == args.rows
+        runs.append(m)
+        delete_batch(batch)
+    return [
+        row(
+            "create_floor",
+            f"floor: one psycopg COPY of the same rows, no validation (median of {REPEATS})",
+            median_of(runs),
+            n=args.rows,
+            item="requests",
+            label="COPY",
         )
     ]
 
@@ -348,11 +419,14 @@ def op_harvest(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[s
     assert applied == args.rows, applied
     assert batch.completions.filter(status=CompletionStatus.COMPLETED).count() == args.rows
     pages = math.ceil(args.rows / int(get_setting("RESULTS_PAGE_SIZE")))
-    per_page = m.queries / pages
+    # As tests/test_query_counts.py counts them: the savepoint pair around each page's write
+    # (so that a refused page can be stored row by row) apart.
+    per_page = (m.queries - m.savepoints) / pages
     return [
         row(
             "harvest",
-            "harvest: one UPDATE … FROM jsonb_to_recordset per 1,000-result page",
+            "harvest (HTTP included): per 1,000-result page, COPY into a temp table + one "
+            f"UPDATE; {m.savepoints} of the statements are savepoints",
             m,
             n=args.rows,
             item="results",
@@ -474,6 +548,164 @@ def op_harvest_baseline_bulk_update(
     ]
 
 
+def _read_pages(strategy: Any, batch: Any) -> list[Any]:
+    return list(strategy.iter_result_pages(batch.provider_batch_id))
+
+
+def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """The harvest's database work alone: pages read first (HTTP not timed), then applied."""
+    from django.db import connection, transaction
+    from django.utils import timezone
+
+    from raif_batches.lifecycle import results
+
+    from . import floors
+
+    batch, strategy = _harvest_setup(context)
+    pages = _read_pages(strategy, batch)
+    # What both ways share: the per-result parsing, timed alone (no database).
+    prices = results.Prices()
+    now = timezone.now()
+    with measure() as parsing:
+        for page in pages:
+            for entry in page:
+                results.result_row(batch, entry, None, now, prices)
+    ours = []
+    for _ in range(REPEATS):
+        reset_results(batch)
+        with measure() as m:
+            prices = results.Prices()
+            applied = sum(results.apply_result_page(batch, page, prices) for page in pages)
+        assert applied == args.rows, applied
+        ours.append(m)
+    measured = [
+        row(
+            "harvest_db",
+            f"harvest, database work: apply_result_page on {len(pages)} pages of 1,000 "
+            f"(median of {REPEATS})",
+            median_of(ours),
+            n=args.rows,
+            item="results",
+            units=len(pages),
+            unit="page",
+            floor="harvest_db_floor",
+            floor_max=1.5,
+        ),
+        row(
+            "harvest_parse",
+            "  of which per-result parsing (result_row, no database), in both ways",
+            parsing,
+            n=args.rows,
+            item="results",
+        ),
+    ]
+    if connection.vendor == "postgresql":
+        floor_runs = []
+        for _ in range(REPEATS):
+            reset_results(batch)
+            with measure() as m, transaction.atomic():
+                assert floors.copy_results_then_update(batch, pages) == args.rows
+            floor_runs.append(m)
+        measured.append(
+            row(
+                "harvest_db_floor",
+                f"floor: the same parsing, COPY into a temp table + one UPDATE "
+                f"(median of {REPEATS})",
+                median_of(floor_runs),
+                n=args.rows,
+                item="results",
+                label="COPY + one UPDATE",
+            )
+        )
+    mark_fetched(batch)
+    return measured
+
+
+def op_padded_setup(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """A second batch of the same requests, ended at the emulator whose answers carry 4 KB."""
+    from raif_batches import create_batch
+    from raif_batches.lifecycle import status
+    from raif_batches.polling import submit
+
+    use_emulator(context["padded"]["base_url"])
+    batch = create_batch(
+        model="grok-4.3", requests=review_requests(args.rows, "p"), name=PADDED_BATCH
+    )
+    assert submit([batch.pk]).submitted == [batch.pk]
+    batch.refresh_from_db()
+    strategy = batch.get_strategy()
+    for _ in range(10):
+        batch = status.fetch_status(strategy, batch)
+        if batch.is_terminal:
+            break
+    assert batch.status == "ended", batch.status
+    return []
+
+
+def _padded_setup(context: dict[str, Any], debug: bool) -> tuple[Any, Any]:
+    from django.conf import settings
+
+    from raif_batches.models import ModelCompletionBatch
+
+    settings.DEBUG = debug
+    use_emulator(context["padded"]["base_url"])
+    batch = ModelCompletionBatch.objects.get(name=PADDED_BATCH)
+    reset_results(batch)
+    return batch, batch.get_strategy()
+
+
+def _harvest_memory(args: argparse.Namespace, context: dict[str, Any], debug: bool) -> Any:
+    from raif_batches.lifecycle import results
+
+    batch, strategy = _padded_setup(context, debug)
+    with measure() as m:
+        applied = results.fetch_results(strategy, batch)
+    assert applied == args.rows, applied
+    return row(
+        f"harvest_memory_{'debug' if debug else 'nodebug'}",
+        f"harvest of ~4 KB answers, DEBUG={debug}: peak memory",
+        m,
+        n=args.rows,
+        item="results",
+        compare="memory",
+        floor="harvest_memory_floor",
+        target=verdict(m.peak_rss_mb < 200, "peak < 200 MB"),
+    )
+
+
+def op_harvest_memory_debug(args: argparse.Namespace, context: dict[str, Any]) -> list[Any]:
+    return [_harvest_memory(args, context, debug=True)]
+
+
+def op_harvest_memory(args: argparse.Namespace, context: dict[str, Any]) -> list[Any]:
+    return [_harvest_memory(args, context, debug=False)]
+
+
+def op_harvest_memory_floor(args: argparse.Namespace, context: dict[str, Any]) -> list[Any]:
+    """The same pages read and parsed, COPY'd as they come into one temp table, one UPDATE."""
+    from django.db import connection, transaction
+
+    from . import floors
+
+    if connection.vendor != "postgresql":
+        return []
+    batch, strategy = _padded_setup(context, debug=False)
+    with measure() as m, transaction.atomic():
+        pages = strategy.iter_result_pages(batch.provider_batch_id)
+        assert floors.copy_results_then_update(batch, pages) == args.rows
+    mark_fetched(batch)
+    return [
+        row(
+            "harvest_memory_floor",
+            "floor: the same pages, COPY into a temp table as they come + one UPDATE",
+            m,
+            n=args.rows,
+            item="results",
+            label="COPY + one UPDATE",
+        )
+    ]
+
+
 # --- poll -----------------------------------------------------------------------------------
 
 
@@ -484,7 +716,11 @@ def _poll_setup(context: dict[str, Any], **extra: Any) -> list[int]:
     from raif_batches.models import BatchStatus, ModelCompletionBatch
 
     use_emulator(context["slow"]["base_url"], **extra)
-    ModelCompletionBatch.objects.filter(name__startswith="bench-poll-").delete()
+    earlier = ModelCompletionBatch.objects.filter(name__startswith="bench-poll-")
+    # The emulator's batches stay in flight; the local rows of an earlier setup are let go
+    # as harvested, which the model's guard against deleting paid batches accepts.
+    earlier.update(status=BatchStatus.ENDED, results_fetched_at=timezone.now())
+    earlier.delete()
     now = timezone.now()
     batches = [
         ModelCompletionBatch(
@@ -634,6 +870,12 @@ OPERATIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], list[dict[s
     "submit": op_submit,
     "submit_baseline_in_memory": op_submit_baseline_in_memory,
     "harvest": op_harvest,
+    "create_floor": op_create_floor,
+    "harvest_db": op_harvest_db,
+    "padded_setup": op_padded_setup,
+    "harvest_memory_debug": op_harvest_memory_debug,
+    "harvest_memory": op_harvest_memory,
+    "harvest_memory_floor": op_harvest_memory_floor,
     "harvest_baseline_save": op_harvest_baseline_save,
     "harvest_baseline_bulk_update": op_harvest_baseline_bulk_update,
     "poll": op_poll,

@@ -37,16 +37,31 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/raif_bench"
 #: Child operations, in the order they must run (later ones use the data earlier ones built).
 OPERATIONS = (
     "create",
+    "create_floor",
     "create_baseline_per_row",
     "submit",
     "submit_baseline_in_memory",
     "harvest_baseline_save",
     "harvest_baseline_bulk_update",
     "harvest",
+    "harvest_db",
+    "padded_setup",
+    "harvest_memory_debug",
+    "harvest_memory",
+    "harvest_memory_floor",
     "poll_baseline_sequential",
     "poll",
     "admin",
 )
+#: ``--quick``: every operation at a tenth of the size or less, for a run of a few seconds each.
+QUICK = {
+    "rows": 5_000,
+    "batches": 100,
+    "admin_batches": 1_000,
+    "save_sample": 1_000,
+    "bulk_sample": 2_000,
+    "poll_sample": 20,
+}
 
 
 # --- the parent: database, emulators, children, table ----------------------------------------
@@ -62,9 +77,16 @@ def main() -> None:
     parser.add_argument("--bulk-sample", type=int, default=10_000, help="rows for bulk_update")
     parser.add_argument("--poll-sample", type=int, default=100, help="batches, sequential poll")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
+    parser.add_argument("--quick", action="store_true", help="small sizes (see QUICK)")
     args = parser.parse_args()
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
     os.environ.setdefault("DATABASE_URL", DEFAULT_DATABASE_URL)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.settings")
+    # Timings with DEBUG=False, as in production; the example project defaults to True, and
+    # the one operation that measures DEBUG=True sets it itself.
+    os.environ.setdefault("DJANGO_DEBUG", "false")
     if args.child:
         from . import operations
 
@@ -75,8 +97,12 @@ def main() -> None:
     prepare_database()
     results: list[dict[str, Any]] = []
     slow_options = ("--latency", "0.05", "--in-flight", str(args.batches))
-    with emulator() as instant, emulator(*slow_options) as slow:
-        context = {"instant": instant, "slow": slow}
+    with (
+        emulator() as instant,
+        emulator(*slow_options) as slow,
+        emulator("--padding-kb", "4") as padded,
+    ):
+        context = {"instant": instant, "slow": slow, "padded": padded}
         for operation in OPERATIONS:
             results.extend(run_child(operation, context))
     print()
@@ -167,7 +193,8 @@ def run_child(operation: str, context: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_table(results: list[dict[str, Any]]) -> str:
-    """A Markdown table; ratios compare time (or memory) per item with the named baseline."""
+    """A Markdown table; ratios compare time (or memory) per item with the named baseline, and
+    ours with the floor (ours / floor: 1.0 is the floor itself)."""
     by_key = {result["key"]: result for result in results}
     header = (
         "| operation | N | wall | per item | peak RSS (Δ) | queries | per unit "
@@ -176,6 +203,18 @@ def render_table(results: list[dict[str, Any]]) -> str:
     lines = [header, "|" + "---|" * 9]
     for result in results:
         ratio = ""
+        floor = by_key.get(result.get("floor", ""))
+        if floor is not None:
+            if result.get("compare") == "memory":
+                value = result["peak_rss_mb"] / max(floor["peak_rss_mb"], 0.1)
+                ratio += f"{value:.2f}x the peak of {floor['label']}; "
+            else:
+                value = result["seconds_per_item"] / floor["seconds_per_item"]
+                ratio += f"{value:.2f}x the time of {floor['label']}"
+                wanted = result.get("floor_max")
+                if wanted:
+                    ratio += f" ({'✓' if value <= wanted else '✗'} ≤ {wanted}x)"
+                ratio += "; "
         for baseline_key in result.get("baselines", []):
             baseline = by_key.get(baseline_key)
             if baseline is None:

@@ -97,37 +97,39 @@ def _create(
             handler=handler or "",
             retry_of=retry_of,
         )
-        chunk: list[ModelCompletion] = []
-        count = 0
-        for index, request in enumerate(requests):
-            completion, line_bytes = _build_completion(
-                batch, model, index, request, seen, strategy=strategy
-            )
-            count += 1
-            total_bytes += line_bytes
-            if count > strategy.max_requests_per_batch:
-                raise InvalidBatchRequest(
-                    f"more than {strategy.max_requests_per_batch} requests; {provider} accepts at "
-                    "most that many per batch. Use raif_batches.create_batches() to split them."
+
+        def completions() -> Iterator[ModelCompletion]:
+            # Validated as the insert asks for rows, INSERT_CHUNK at a time (the most held in
+            # memory). An error here stops the insert; the transaction rolls back what was
+            # sent.
+            nonlocal total_bytes
+            for index, request in enumerate(requests):
+                completion, line_bytes = _build_completion(
+                    batch, model, index, request, seen, strategy=strategy
                 )
-            if line_bytes > strategy.max_line_bytes:
-                raise InvalidBatchRequest(
-                    f"the request line is {line_bytes} bytes; {provider} accepts at most "
-                    f"{strategy.max_line_bytes} bytes per line.",
-                    custom_id=completion.batch_custom_id,
-                )
-            if total_bytes > strategy.max_file_bytes:
-                raise InvalidBatchRequest(
-                    f"the batch file would exceed {strategy.max_file_bytes} bytes. Use "
-                    "raif_batches.create_batches() to split the requests."
-                )
-            chunk.append(completion)
-            if len(chunk) >= INSERT_CHUNK:
-                insert_instances(ModelCompletion, chunk)
-                chunk = []
+                total_bytes += line_bytes
+                if index >= strategy.max_requests_per_batch:
+                    raise InvalidBatchRequest(
+                        f"more than {strategy.max_requests_per_batch} requests; {provider} "
+                        "accepts at most that many per batch. Use raif_batches.create_batches() "
+                        "to split them."
+                    )
+                if line_bytes > strategy.max_line_bytes:
+                    raise InvalidBatchRequest(
+                        f"the request line is {line_bytes} bytes; {provider} accepts at most "
+                        f"{strategy.max_line_bytes} bytes per line.",
+                        custom_id=completion.batch_custom_id,
+                    )
+                if total_bytes > strategy.max_file_bytes:
+                    raise InvalidBatchRequest(
+                        f"the batch file would exceed {strategy.max_file_bytes} bytes. Use "
+                        "raif_batches.create_batches() to split the requests."
+                    )
+                yield completion
+
+        count = insert_instances(ModelCompletion, completions(), max_rows=INSERT_CHUNK)
         if count == 0:
             raise InvalidBatchRequest("a batch needs at least one request.")
-        insert_instances(ModelCompletion, chunk)
         batch.request_counts = {
             "total": count,
             "pending": count,

@@ -1,36 +1,50 @@
 """One statement per page of results (or chunk of requests), instead of one query per row.
 
-Applying 1,000 results costs one statement whatever their number; Django's ``bulk_update``
-builds a ``CASE`` per column and row, which grows with the page, and ``save()`` per row is a
-round trip each.
+Applying 1,000 results costs a fixed number of statements whatever their number; Django's
+``bulk_update`` builds a ``CASE`` per column and row, which grows with the page, and ``save()``
+per row is a round trip each.
 
-On PostgreSQL the rows travel as **one** ``jsonb`` parameter unpacked by
-``jsonb_to_recordset``: a page of 1,000 rows by 20 columns as 20,000 bound parameters made psycopg
-rewrite a 200 KB statement and adapt every value one by one on each page, which cost more than
-the update itself. One JSON document is encoded in C and parsed by the server in one go. SQLite
-(3.33+, for development and tests) gets the same statement shape with a ``VALUES`` list.
-MySQL 8 and MariaDB 10.6+ have no ``UPDATE … FROM``: they get ``UPDATE t JOIN (SELECT … UNION
-ALL SELECT …) v ON … SET …`` with the values bound as parameters (mysqlclient inlines them, so the
-statement is as big as its data).
+On PostgreSQL the rows travel by ``COPY``: inserted rows straight into the table, updates into a
+temporary table (``ON COMMIT DROP``) that one ``UPDATE … FROM`` then applies and empties. psycopg
+formats each row in C and streams it, so nothing is built per statement: the earlier form (the
+page as one ``jsonb`` document unpacked by ``jsonb_to_recordset``) cost twice the time in
+encoding, parsing and interpolating a multi-MB parameter, and a ``COPY`` has no size limit but
+the server's for one value. SQLite (3.33+, for development and tests) gets ``UPDATE … FROM
+(VALUES …)``. MySQL 8 and MariaDB 10.6+ have no ``UPDATE … FROM``: they get ``UPDATE t JOIN
+(SELECT … UNION ALL SELECT …) v ON … SET …`` with the values bound as parameters (mysqlclient
+inlines them, so the statement is as big as its data).
 
-Every statement is bounded by rows **and** by bytes (``MAX_STATEMENT_BYTES``, 16 MB by default):
-a page of 1,000 answers of 140 KB would otherwise be one 140 MB document (PostgreSQL refuses a
-``jsonb`` value over 256 MB; MySQL refuses a statement over ``max_allowed_packet``, so there the
-bound is also held under half of it, leaving room for escaping). Rows are encoded one at a time
-and sent as soon as a statement is full, so memory beyond the caller's rows stays within a few
-times that bound. A single row bigger than the bound still goes alone, in one statement.
+There, every statement is bounded by rows **and** by bytes (``MAX_STATEMENT_BYTES``, 16 MB by
+default): a page of 1,000 answers of 140 KB would otherwise be one 140 MB statement (MySQL
+refuses a statement over ``max_allowed_packet``, so there the bound is also held under half of
+it, leaving room for escaping). Rows are encoded one at a time and sent as soon as a statement
+is full, so memory beyond the caller's rows stays within a few times that bound. A single row
+bigger than the bound still goes alone, in one statement.
+
+Every statement here is sent on a cursor without Django's debug wrapper (``make_cursor``):
+with ``DEBUG=True`` the wrapper keeps each statement with its values interpolated in
+``connection.queries_log``, several MB a page, for the life of the process. The statements still
+pass through ``connection.execute_wrapper`` hooks and Django's error translation, and, when
+queries are logged, their SQL text alone (placeholders, no values) is logged, so
+``CaptureQueriesContext`` still counts one entry per statement sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
+import functools
+import hashlib
+import itertools
 import json
-import uuid
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
-from django.db import connections, models
+from django.conf import settings
+from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from .conf import get_setting
@@ -79,22 +93,33 @@ def update_from_values(
 
 
 def insert_instances(
-    model: type[models.Model], objs: Sequence[models.Model], *, using: str = "default"
+    model: type[models.Model],
+    objs: Iterable[models.Model],
+    *,
+    using: str = "default",
+    max_rows: int = MAX_PARAMS,
 ) -> int:
     """Insert unsaved ``objs`` in as few statements as the bounds allow; pks are not read back.
 
-    On PostgreSQL the rows travel as one ``jsonb`` document, as in :func:`update_from_values`:
-    ``bulk_create`` prepares every value of every row in Python and, for text columns, escapes
-    them into array literals, which made a 50,000-request batch take seconds longer than the
-    insert itself. Elsewhere the values are prepared as ``bulk_create`` prepares them and sent
-    as a ``VALUES`` list. Either way, statements are bounded by rows and bytes.
+    ``objs`` is consumed lazily, at most ``max_rows`` at a time: it may be a generator that
+    validates each object as it goes (an exception it raises stops the insert; the caller's
+    transaction rolls back what was sent).
+
+    On PostgreSQL each ``max_rows`` rows are streamed by one ``COPY``: ``bulk_create``
+    prepares every value of every row in Python and, for text columns, escapes them into array
+    literals, which made a 50,000-request batch take seconds longer than the insert itself.
+    Elsewhere the values are prepared as ``bulk_create`` prepares them and sent as ``VALUES``
+    lists, in statements bounded by bytes and by ``max_rows``.
     """
-    if not objs:
+    iterator = iter(objs)
+    first = next(iterator, None)
+    if first is None:
         return 0
+    objs = itertools.chain([first], iterator)
     connection = connections[using]
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
     # Only fields that compute their value at save time (auto_now, files) need pre_save.
-    computed = {f.attname for f in fields if type(f).pre_save is not models.Field.pre_save}
+    computed = {f.attname for f in fields if _computes_on_save(f)}
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
     columns = ", ".join(quote(_col(f)) for f in fields)
@@ -103,32 +128,106 @@ def insert_instances(
         return f.pre_save(obj, True) if f.attname in computed else getattr(obj, f.attname)
 
     inserted = 0
-    with connection.cursor() as cursor:
+    with quiet_cursor(connection) as cursor:
         if connection.vendor == "postgresql":
-            types = ", ".join(f"{quote(_col(f))} {_recordset_type(f, connection)}" for f in fields)
-            sql = (
-                f"INSERT INTO {table} ({columns}) "
-                f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS v({types})"
-            )
-            encoded = (
-                _encode_row({_col(f): _json_value(f, value(f, obj), connection) for f in fields})
-                for obj in objs
-            )
-            for document in _chunks(encoded, _text_bytes, statement_bytes(connection), len(objs)):
-                cursor.execute(sql, ["[" + ",".join(document) + "]"])
-                inserted += int(cursor.rowcount)
+            plan = _copy_plan(fields, connection)
+            get = _values_getter(attrgetter, [f.attname for f in fields])
+            sql = f"COPY {table} ({columns}) FROM STDIN"
+            # Each chunk is drawn from ``objs`` before its COPY starts: while a COPY is open the
+            # connection serves nothing else, and making an object may query the database
+            # (a content type, say), which would then wait on the COPY forever.
+            while drawn := list(itertools.islice(objs, max_rows)):
+                if computed:
+                    encoded = (_copy_row([value(f, obj) for f in fields], plan) for obj in drawn)
+                else:
+                    encoded = (_copy_row(get(obj), plan) for obj in drawn)
+                inserted += copy_rows(connection, cursor, sql, encoded)
             return inserted
         placeholders = "(" + ", ".join("%s" for _ in fields) + ")"
         prepared = ([f.get_db_prep_save(value(f, obj), connection) for f in fields] for obj in objs)
+        rows_per_statement = max(1, min(MAX_PARAMS // len(fields), max_rows))
         for chunk in _chunks(
-            prepared, _params_bytes, statement_bytes(connection), max(1, MAX_PARAMS // len(fields))
+            prepared, _params_bytes, statement_bytes(connection), rows_per_statement
         ):
-            cursor.execute(
+            execute_quietly(
+                connection,
+                cursor,
                 f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))}",
                 [param for row in chunk for param in row],
             )
             inserted += len(chunk)
     return inserted
+
+
+@contextlib.contextmanager
+def quiet_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
+    """A cursor without Django's debug wrapper, whose statements never keep their values in
+    ``connection.queries_log``; run statements on it with :func:`execute_quietly` or
+    :func:`copy_rows`, which log their SQL text alone."""
+    connection.validate_thread_sharing()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = connection.make_cursor(connection.create_cursor())
+    with cursor:
+        yield cursor
+
+
+def execute_quietly(
+    connection: BaseDatabaseWrapper, cursor: Any, sql: str, params: Sequence[Any]
+) -> int:
+    """``cursor.execute`` (execute wrappers and error translation included); returns the row
+    count. When queries are logged, only ``sql`` is, without its values."""
+    started = time.monotonic()
+    try:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)
+    finally:
+        _log_statement(connection, sql, started)
+
+
+def copy_rows(
+    connection: BaseDatabaseWrapper, cursor: Any, sql: str, rows: Iterable[Sequence[Any]]
+) -> int:
+    """Stream ``rows`` by ``sql`` (a PostgreSQL ``COPY … FROM STDIN``); returns rows sent.
+
+    psycopg's ``copy()`` is not an ``execute``, so the execute wrappers and the error
+    translation are applied here as Django applies them to a statement. ``rows`` is consumed
+    lazily; an exception it raises aborts the ``COPY`` (the transaction then rolls back) and
+    propagates as it is."""
+    raw = cursor.cursor
+
+    def send(sql: str, params: Any, many: bool, context: dict[str, Any]) -> int:
+        connection.validate_no_broken_transaction()
+        sent = 0
+        with connection.wrap_database_errors, raw.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(row)
+                sent += 1
+        return sent
+
+    run: Callable[..., int] = send
+    for wrapper in reversed(connection.execute_wrappers):
+        run = functools.partial(wrapper, run)
+    started = time.monotonic()
+    try:
+        return int(run(sql, None, False, {"connection": connection, "cursor": cursor}))
+    finally:
+        _log_statement(connection, sql, started)
+
+
+def _computes_on_save(field: models.Field[Any, Any]) -> bool:
+    if type(field).pre_save is models.Field.pre_save:
+        return False
+    # A date field's pre_save computes only with auto_now(_add); Django's own date and time
+    # fields, checked by exact class, add nothing else to it.
+    if type(field) in (models.DateTimeField, models.DateField, models.TimeField):
+        return bool(field.auto_now or field.auto_now_add)  # type: ignore[attr-defined]
+    return True
+
+
+def _log_statement(connection: BaseDatabaseWrapper, sql: str, started: float) -> None:
+    if connection.queries_logged:
+        connection.queries_log.append({"sql": sql, "time": f"{time.monotonic() - started:.3f}"})
 
 
 def statement_bytes(connection: BaseDatabaseWrapper) -> int:
@@ -185,10 +284,6 @@ def _params_bytes(row: Sequence[Any]) -> int:
     return size + _VALUE_OVERHEAD * len(row)
 
 
-def _encode_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, default=_json_default, ensure_ascii=False, separators=(",", ":"))
-
-
 def _col(field: models.Field[Any, Any]) -> str:
     return str(field.column)  # always set on a concrete field
 
@@ -209,29 +304,107 @@ def _update_postgresql(
     rows: Sequence[dict[str, Any]],
     where_params: Sequence[Any],
 ) -> int:
+    """``COPY`` into a temporary table, then one ``UPDATE … FROM`` it that also empties it.
+
+    The table is dropped at commit, so nothing outlives the transaction (safe behind a
+    transaction-pooling proxy); ``IF NOT EXISTS`` serves a second call in the same transaction
+    and survives a savepoint rolled back, and the ``DELETE … RETURNING`` in the ``UPDATE``
+    leaves it empty for that call.
+    """
     quote = connection.ops.quote_name
-    columns = ", ".join(f"{quote(_col(f))} {_recordset_type(f, connection)}" for f in fields)
+    names = ", ".join(quote(_col(f)) for f in fields)
+    types = ", ".join(f"{quote(_col(f))} {_column_type(f, connection)}" for f in fields)
+    digest = hashlib.sha1(f"{model._meta.db_table} {types}".encode()).hexdigest()[:16]
+    temp = quote(f"raif_bulk_{digest}")
     assignments = ", ".join(f"{quote(_col(f))} = v.{quote(_col(f))}" for f in values)
-    sql = (
-        f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} "
-        f"FROM jsonb_to_recordset(%s::jsonb) AS v({columns}) WHERE {matches}"
-    )
-    encoded = (
-        _encode_row({_col(f): _json_value(f, row[f.name], connection) for f in fields})
-        for row in rows
-    )
-    changed = 0
-    with connection.cursor() as cursor:
-        for chunk in _chunks(encoded, _text_bytes, statement_bytes(connection), len(rows)):
-            cursor.execute(sql, ["[" + ",".join(chunk) + "]", *where_params])
-            changed += int(cursor.rowcount)
-    return changed
+    plan = _copy_plan(fields, connection)
+    get = _values_getter(itemgetter, [f.name for f in fields])
+    encoded = (_copy_row(get(row), plan) for row in rows)
+    in_transaction = connection.in_atomic_block
+    with (
+        contextlib.nullcontext() if in_transaction else transaction.atomic(using=connection.alias),
+        quiet_cursor(connection) as cursor,
+    ):
+        execute_quietly(
+            connection,
+            cursor,
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {temp} ({types}) ON COMMIT DROP",
+            [],
+        )
+        copy_rows(connection, cursor, f"COPY {temp} ({names}) FROM STDIN", encoded)
+        return execute_quietly(
+            connection,
+            cursor,
+            f"WITH v AS (DELETE FROM {temp} RETURNING *) "
+            f"UPDATE {quote(model._meta.db_table)} AS t SET {assignments} FROM v WHERE {matches}",
+            list(where_params),
+        )
 
 
-def _recordset_type(field: models.Field[Any, Any], connection: BaseDatabaseWrapper) -> str:
-    # A JSON value is nested in the document as it is: no second encoding, and a top-level
-    # None arrives as SQL NULL, as Django's JSONField stores it.
-    return "jsonb" if isinstance(field, models.JSONField) else str(field.db_type(connection))
+def _column_type(field: models.Field[Any, Any], connection: BaseDatabaseWrapper) -> str:
+    return str(field.db_type(connection))
+
+
+#: Per column: the exact types of the values that ``COPY`` sends as they are, and the function
+#: that prepares any other value.
+_CopyPlan = list[tuple[frozenset[type], Callable[[Any], Any]]]
+
+
+def _copy_plan(
+    fields: Sequence[models.Field[Any, Any]], connection: BaseDatabaseWrapper
+) -> _CopyPlan:
+    """How each field's value goes into a ``COPY`` row: skipping the field's preparation where
+    it would return the value unchanged saves most of the Python time; any other value (a
+    subclass, an expression, a naive datetime) goes through the field's own preparation."""
+    plan: _CopyPlan = []
+    for field in fields:
+        if isinstance(field, models.JSONField) and field.encoder is None:
+            # Encoded here, in one C call; a top-level None is SQL NULL, as Django's JSONField
+            # stores it.
+            plan.append((_ONLY_NONE, _json_text))
+            continue
+        prepare = functools.partial(field.get_db_prep_save, connection=connection)
+        if type(field) is models.DateTimeField and settings.USE_TZ:
+            plan.append((_ONLY_NONE, functools.partial(_aware_datetime, prepare)))
+            continue
+        kind = _UNCHANGED_BY_PREPARATION.get(type(field))
+        plan.append((_ONLY_NONE | {kind} if kind else _ONLY_NONE, prepare))
+    return plan
+
+
+def _copy_row(values: Sequence[Any], plan: _CopyPlan) -> list[Any]:
+    # Exact types: a bool is not an int here, and a str enum is prepared by its field.
+    return [
+        value if type(value) in passing else prepare(value)
+        for value, (passing, prepare) in zip(values, plan, strict=True)
+    ]
+
+
+_ONLY_NONE: frozenset[type] = frozenset({type(None)})
+
+
+def _values_getter(
+    getter: Callable[..., Callable[[Any], Any]], names: Sequence[str]
+) -> Callable[[Any], Sequence[Any]]:
+    """``getter(*names)``, one C call a row, always returning a tuple (even for one name)."""
+    if len(names) == 1:
+        one = getter(names[0])
+        return lambda item: (one(item),)
+    return getter(*names)
+
+
+def _aware_datetime(prepare: Callable[[Any], Any], value: Any) -> Any:
+    # An aware datetime comes out of a DateTimeField's preparation unchanged; a naive one is
+    # made aware there, with Django's warning.
+    if type(value) is datetime.datetime and value.utcoffset() is not None:
+        return value
+    return prepare(value)
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 #: Django's own fields whose preparation returns a value of this type unchanged; checked by
@@ -251,31 +424,6 @@ _UNCHANGED_BY_PREPARATION: dict[type[models.Field[Any, Any]], type] = {
 }
 
 
-def _json_value(field: models.Field[Any, Any], value: Any, connection: BaseDatabaseWrapper) -> Any:
-    """The value as the document carries it; skipping the field's preparation where it would
-    return the value unchanged saves most of the Python time on a page."""
-    if value is None:
-        return value
-    kind = _UNCHANGED_BY_PREPARATION.get(type(field))
-    # isinstance lets str enums (TextChoices) through; a bool is an int only for a BooleanField.
-    if kind is not None and isinstance(value, kind) and (kind is bool or type(value) is not bool):
-        return value
-    if isinstance(field, models.JSONField):
-        if field.encoder is None:
-            return value
-        return json.loads(json.dumps(value, cls=field.encoder))
-    return field.get_db_prep_save(value, connection)
-
-
-def _json_default(value: Any) -> Any:
-    """Text that PostgreSQL's input functions read back exactly (a float would lose digits)."""
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal | uuid.UUID):
-        return str(value)
-    raise TypeError(f"cannot send {type(value).__name__} through update_from_values")
-
-
 def _update_values_list(
     model: type[models.Model],
     connection: BaseDatabaseWrapper,
@@ -291,7 +439,7 @@ def _update_values_list(
     placeholders = "(" + ", ".join("%s" for _ in fields) + ")"
     prepared = ([f.get_db_prep_save(row[f.name], connection) for f in fields] for row in rows)
     changed = 0
-    with connection.cursor() as cursor:
+    with quiet_cursor(connection) as cursor:
         for chunk in _chunks(
             prepared, _params_bytes, statement_bytes(connection), max(1, MAX_PARAMS // len(fields))
         ):
@@ -300,8 +448,9 @@ def _update_values_list(
                 f"FROM (SELECT {select_list} FROM (VALUES "
                 f"{', '.join([placeholders] * len(chunk))}) AS vv) AS v WHERE {matches}"
             )
-            cursor.execute(sql, [*(p for row in chunk for p in row), *where_params])
-            changed += cursor.rowcount
+            changed += execute_quietly(
+                connection, cursor, sql, [*(p for row in chunk for p in row), *where_params]
+            )
     return changed
 
 
@@ -328,7 +477,7 @@ def _update_mysql(
     condition = f" WHERE ({where})" if where else ""
     prepared = ([f.get_db_prep_save(row[f.name], connection) for f in fields] for row in rows)
     changed = 0
-    with connection.cursor() as cursor:
+    with quiet_cursor(connection) as cursor:
         for chunk in _chunks(
             prepared, _params_bytes, statement_bytes(connection), max(1, MAX_PARAMS // len(fields))
         ):
@@ -337,6 +486,7 @@ def _update_mysql(
                 f"UPDATE {quote(model._meta.db_table)} AS t INNER JOIN ({derived}) AS v "
                 f"ON {key_matches} SET {assignments}{condition}"
             )
-            cursor.execute(sql, [*(p for row in chunk for p in row), *where_params])
-            changed += cursor.rowcount
+            changed += execute_quietly(
+                connection, cursor, sql, [*(p for row in chunk for p in row), *where_params]
+            )
     return changed

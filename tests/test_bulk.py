@@ -1,4 +1,6 @@
-"""Bulk writes on every database: exact values, idempotent filters, statements bounded by bytes."""
+"""Bulk writes on every database: exact values, idempotent filters, statements bounded by bytes
+(PostgreSQL streams rows by COPY instead, unbounded by design), values kept out of the query
+log."""
 
 from __future__ import annotations
 
@@ -29,8 +31,19 @@ SET_FIELDS = (
 )
 
 
+POSTGRESQL = connection.vendor == "postgresql"
+
+
 def statements(context: CaptureQueriesContext, verb: str) -> int:
-    return sum(1 for query in context.captured_queries if query["sql"].lstrip().startswith(verb))
+    """Statements whose main verb is ``verb``, after a leading ``WITH …`` clause if any."""
+    return sum(1 for query in context.captured_queries if _verb(query["sql"]) == verb)
+
+
+def _verb(sql: str) -> str:
+    sql = sql.lstrip()
+    if sql.startswith("WITH "):
+        sql = sql[sql.index(") ", sql.index(" AS (")) + 2 :]
+    return sql.split(None, 1)[0]
 
 
 def result_row(pk: int, text: str, when: datetime.datetime) -> dict[str, Any]:
@@ -92,7 +105,12 @@ def test_a_page_bigger_than_the_byte_bound_is_split_and_fully_stored(settings: A
             rows=[result_row(pk, answer + str(pk), when) for pk in pks],
         )
     assert changed == 12
-    assert statements(context, "UPDATE") == 6
+    if POSTGRESQL:
+        # Streamed by one COPY into a temporary table, then one UPDATE: no statement holds
+        # the page, so the byte bound has nothing to bound.
+        assert (statements(context, "COPY"), statements(context, "UPDATE")) == (1, 1)
+    else:
+        assert statements(context, "UPDATE") == 6
     for pk in pks:
         assert ModelCompletion.objects.get(pk=pk).raw_response == answer + str(pk)
 
@@ -110,7 +128,7 @@ def test_a_row_bigger_than_the_bound_goes_alone(settings: Any) -> None:
             rows=[result_row(pk, "x" * 5_000, when) for pk in pks],
         )
     assert changed == 3
-    assert statements(context, "UPDATE") == 3
+    assert statements(context, "UPDATE") == (1 if POSTGRESQL else 3)
     assert set(ModelCompletion.objects.values_list("raw_response", flat=True)) == {"x" * 5_000}
 
 
@@ -130,7 +148,10 @@ def test_inserts_are_split_by_bytes_and_keep_every_value(settings: Any) -> None:
     ]
     with CaptureQueriesContext(connection) as context:
         assert insert_instances(ModelCompletion, objs) == 6
-    assert statements(context, "INSERT") == 3
+    if POSTGRESQL:
+        assert (statements(context, "COPY"), statements(context, "INSERT")) == (1, 0)
+    else:
+        assert statements(context, "INSERT") == 3
     for i in range(6):
         stored = ModelCompletion.objects.get(batch=batch, batch_custom_id=f"big-{i}")
         assert stored.messages == user(content + str(i))
@@ -155,3 +176,131 @@ def test_custom_ids_that_differ_only_by_case_are_distinct() -> None:
     lower = ModelCompletion.objects.get(batch=batch, batch_custom_id="ticket-a")
     assert lower.messages == user("lower")
     assert batch.completions.filter(batch_custom_id__in=["ticket-A"]).count() == 1
+
+
+def test_bulk_statements_are_counted_but_their_values_stay_out_of_the_query_log() -> None:
+    """With DEBUG=True Django keeps every statement with its values interpolated; a harvest of
+    big answers would keep them all. Only the SQL text is logged, once per statement sent, and
+    execute_wrapper hooks see the same statements."""
+    batch = make_batch(4)
+    pks = list(batch.completions.order_by("pk").values_list("pk", flat=True))
+    answer = "big answer " * 20_000  # 220 KB a row
+    seen: list[str] = []
+
+    def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with CaptureQueriesContext(connection) as context, connection.execute_wrapper(spy):
+        changed = update_from_values(
+            ModelCompletion,
+            key_fields=("id",),
+            set_fields=SET_FIELDS,
+            rows=[result_row(pk, answer, timezone.now()) for pk in pks],
+            where="t.status = %s",
+            where_params=[CompletionStatus.PENDING],
+        )
+        inserted = insert_instances(
+            ModelCompletion,
+            [
+                ModelCompletion(batch=batch, batch_custom_id=f"new-{i}", messages=user(answer))
+                for i in range(3)
+            ],
+        )
+    assert (changed, inserted) == (4, 3)
+    logged = [query["sql"] for query in context.captured_queries]
+    assert logged == seen
+    assert statements(context, "UPDATE") >= 1
+    assert statements(context, "COPY" if POSTGRESQL else "INSERT") >= 1
+    assert sum(len(sql) for sql in logged) < 50_000  # the values were 1.5 MB
+    assert "big answer" not in " ".join(logged)
+    assert ModelCompletion.objects.filter(raw_response=answer).count() == 4
+
+
+def test_a_refused_row_aborts_only_its_statement_and_the_error_is_djangos() -> None:
+    """A value the column refuses fails the statement with Django's DatabaseError (which the
+    harvest catches to store the page row by row), and the transaction goes on."""
+    from django.db import DatabaseError, transaction
+
+    batch = make_batch(2)
+    first, second = batch.completions.order_by("pk").values_list("pk", flat=True)
+    row = result_row(first, "answer", timezone.now())
+    row["prompt_tokens"] = -5  # refused by the column's check (unsigned on MySQL)
+    with pytest.raises(DatabaseError), transaction.atomic():
+        update_from_values(ModelCompletion, key_fields=("id",), set_fields=SET_FIELDS, rows=[row])
+    assert (
+        update_from_values(
+            ModelCompletion,
+            key_fields=("id",),
+            set_fields=SET_FIELDS,
+            rows=[result_row(second, "fine", timezone.now())],
+        )
+        == 1
+    )
+    assert ModelCompletion.objects.get(pk=second).raw_response == "fine"
+    assert ModelCompletion.objects.get(pk=first).raw_response == ""
+
+
+def test_invalid_request_after_a_streamed_chunk_creates_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows already sent (a COPY on PostgreSQL) are rolled back with the rest."""
+    from raif_batches import api, create_batch
+    from raif_batches.models import ModelCompletionBatch
+
+    monkeypatch.setattr(api, "INSERT_CHUNK", 5)
+    requests: list[dict[str, Any]] = [
+        {"custom_id": f"ok-{i}", "messages": user(f"Q{i}")} for i in range(12)
+    ]
+    requests.append({"custom_id": "bad", "messages": user("Q"), "temperature": 9})
+    with pytest.raises(ValueError, match="temperature"):
+        create_batch(requests=requests)
+    assert ModelCompletionBatch.objects.count() == 0
+    assert ModelCompletion.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_outside_a_transaction_commits_and_leaves_no_temporary_table() -> None:
+    batch = make_batch(2)
+    pks = list(batch.completions.order_by("pk").values_list("pk", flat=True))
+    assert connection.get_autocommit()
+    for _ in range(2):  # the second call finds no table left by the first
+        update_from_values(
+            ModelCompletion,
+            key_fields=("id",),
+            set_fields=SET_FIELDS,
+            rows=[result_row(pk, "done", timezone.now()) for pk in pks],
+        )
+    assert set(ModelCompletion.objects.values_list("raw_response", flat=True)) == {"done"}
+    if POSTGRESQL:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'raif_bulk_%%'")
+            assert cursor.fetchone()[0] == 0
+
+
+def test_requests_whose_validation_reads_the_database_are_all_inserted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A source's content type may be read while requests are validated: rows are drawn
+    before each COPY starts, since an open COPY holds the connection (a query then would wait
+    on it forever)."""
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    from raif_batches import api, create_batch
+
+    monkeypatch.setattr(api, "INSERT_CHUNK", 2)
+    group = Group.objects.create(name="reviewers")
+    permission = Permission.objects.order_by("pk").first()
+    assert permission is not None
+    ContentType.objects.clear_cache()
+    sources = [group, group, group, permission, group]
+    batch = create_batch(
+        requests=[
+            {"custom_id": f"s-{i}", "messages": user(f"Q{i}"), "source": source}
+            for i, source in enumerate(sources)
+        ]
+    )
+    stored = batch.completions.order_by("batch_custom_id")
+    assert [c.source_object_id for c in stored] == [str(s.pk) for s in sources]
+    assert stored[3].source_content_type == ContentType.objects.get_for_model(Permission)
