@@ -1,0 +1,1022 @@
+"""An emulator of OpenAI's Batch API (chat completions), as the provider serves it.
+
+Files (``/v1/files``), batches (``/v1/batches``), their output and error files, OpenAI's error
+envelope and key check, over the same HTTP server, faults and control surface as xAI's emulator
+(:mod:`raif_batches.emulator.server`, :mod:`~raif_batches.emulator.faults`). Answers come from
+:func:`raif_batches.emulator.completions.complete` (its ``[[emulator:...]]`` markers included),
+reshaped to OpenAI's usage: reasoning tokens inside ``completion_tokens``, no cost.
+
+Everything is lazy, as in xAI's state: a batch moves on (validation, progress, finalizing, the
+end of a cancel, expiry) only when a call observes it, from the emulator clock and the number of
+reads, so tests are deterministic and jump in time with :meth:`OpenAIEmulatorState.advance`.
+
+The default config plays the fact sheet (``shared/openai-batch-api.md``); every quirk is a switch:
+
+============================================  ===================================  ==========
+quirk                                         switch                               fast
+============================================  ===================================  ==========
+``validating`` for some reads, counts 0        ``validation_reads`` (2)             0
+validation fails the whole batch (codes)      always (one bad line, first wins)    same
+a nonexistent input file is accepted, then    always                               same
+it fails validation
+``finalizing`` with counts at 100%            ``finalizing_reads`` (1)             0
+lines finish over several reads               ``share_per_read`` (0.25) /          off
+                                              ``requests_per_read`` /
+                                              ``seconds_per_request``
+all lines failed -> ``completed``,            always                               same
+``output_file_id: null``
+``""`` for an absent file id                  ``empty_file_id`` (every other batch)  off
+``cancelling`` for some reads                 ``cancel_reads`` (1)                 0
+after a cancel, counters read ``{total,0,0}``  ``cancel_counts_zero`` (True)       off
+a completed line in neither file after a      ``cancel_loses_lines`` (1)           0
+cancel
+cancel keeps finished lines in the output     ``cancel_output_file`` (True; False:  same
+file (reference) or only an error file        observed, only the error file)
+expiry after 24 h, the rest ``batch_expired``  ``expire_after_seconds`` (86400)    same
+enqueued-token limit -> created, then failed  ``enqueued_token_limit`` (2,000,000)  off
+result rows in any order                      ``shuffle_results`` (True)           off
+``request_id`` as ``req_…`` or a UUID          alternating                          same
+usage on the batch (successful rows only)     ``batch_usage`` (True)               same
+409 on cancel of a finished batch, 401        always                               same
+``invalid_api_key``, 404 unknown batch
+2,000 creates per hour, then 429              ``max_creates_per_hour`` (2000)      same
+============================================  ===================================  ==========
+
+Hostile switches, off by default: ``results_gone_status`` (the file content answers 404/410
+once the batch has ended), ``page_overflow`` (list pages longer than asked),
+``endless_pagination`` (``("list_batches",)``: ``has_more`` never false), ``missing_result_ids``
+(lines left out of both files), ``line_quirks`` (malformed answers, see completions).
+
+All public state methods take one ``RLock``; the threaded server calls them freely.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .completions import (
+    LINE_QUIRKS,
+    ModelPrice,
+    chat_messages,
+    complete,
+    model_matches,
+    system_prompt,
+)
+from .faults import Fault, FaultBook
+from .server import EmulatorServer, RawAnswer, Routes, _json, parse_multipart
+from .state import ApiError, Call
+from .state import _line_spans as line_spans
+
+ROUTES: Routes = [
+    ("POST", re.compile(r"/v1/files"), "upload_file"),
+    ("GET", re.compile(r"/v1/files"), "list_files"),
+    ("GET", re.compile(r"/v1/files/(?P<id>[^/]+)"), "get_file"),
+    ("GET", re.compile(r"/v1/files/(?P<id>[^/]+)/content"), "list_results"),
+    ("POST", re.compile(r"/v1/batches"), "create_batch"),
+    ("GET", re.compile(r"/v1/batches"), "list_batches"),
+    ("GET", re.compile(r"/v1/batches/(?P<id>[^/]+)"), "get_batch"),
+    ("POST", re.compile(r"/v1/batches/(?P<id>[^/]+)/cancel"), "cancel_batch"),
+]
+ENDPOINTS = tuple(name for _, _, name in ROUTES)
+CHAT_URL = "/v1/chat/completions"
+BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions")
+MB = 1024 * 1024
+DAY = 86400.0
+BAD_KEY_MESSAGE = (
+    "Incorrect API key provided. You can find your API key at "
+    "https://platform.openai.com/account/api-keys."
+)
+CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+IN_FLIGHT = ("validating", "in_progress", "finalizing", "cancelling")
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "invalid_request_error",
+    404: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "requests",
+}
+
+
+class OpenAIApiError(ApiError):
+    """An error answer with OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+    ) -> None:
+        super().__init__(status, message)
+        self.code, self.param, self.type = code, param, type
+
+
+def error_envelope(status: int, message: str, error: ApiError | None = None) -> dict[str, Any]:
+    code = getattr(error, "code", None)
+    kind = getattr(error, "type", None) or ERROR_TYPES.get(status, "server_error")
+    return {
+        "error": {
+            "message": message,
+            "type": kind,
+            "param": getattr(error, "param", None),
+            "code": code,
+        }
+    }
+
+
+def _default_prices() -> dict[str, ModelPrice]:
+    # The emulator's own usage figures (no cost is served): list prices, half off in a batch.
+    half = 0.5
+    return {
+        "gpt-5-mini*": ModelPrice(input=0.25, cached_input=0.025, output=2.0, batch_discount=half),
+        "gpt-5-nano*": ModelPrice(input=0.05, cached_input=0.005, output=0.4, batch_discount=half),
+        "gpt-5*": ModelPrice(input=1.25, cached_input=0.125, output=10.0, batch_discount=half),
+        "gpt-4.1*": ModelPrice(input=2.0, cached_input=0.5, output=8.0, batch_discount=half),
+        "gpt-4o*": ModelPrice(input=2.5, cached_input=1.25, output=10.0, batch_discount=half),
+    }
+
+
+FAST_PROFILE: dict[str, Any] = {
+    "validation_reads": 0,
+    "finalizing_reads": 0,
+    "cancel_reads": 0,
+    "requests_per_read": None,
+    "share_per_read": 0.0,
+    "seconds_per_request": 0.0,
+    "empty_file_id": False,
+    "cancel_counts_zero": False,
+    "cancel_loses_lines": 0,
+    "shuffle_results": False,
+    "enqueued_token_limit": None,
+}
+PROFILES = ("realistic", "fast")
+
+
+@dataclass
+class OpenAIEmulatorConfig:
+    """Every knob; tests may change fields while the server runs. The defaults play OpenAI as
+    the fact sheet says; :meth:`fast` is the quiet one. Names shared with xAI's
+    :class:`~raif_batches.emulator.state.EmulatorConfig` mean the same."""
+
+    validation_reads: int = 2  # GETs of a batch that read ``validating`` before validation
+    finalizing_reads: int = 1  # GETs that read ``finalizing`` (counts at 100%) before the end
+    cancel_reads: int = 1  # GETs that read ``cancelling`` before ``cancelled``
+    requests_per_read: int | None = None  # lines finished per GET (see xAI's state)
+    share_per_read: float = 0.25  # share of the lines finished per GET (at least one)
+    seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
+    supported_models: tuple[str, ...] = ("gpt-5*", "gpt-4.1*", "gpt-4o*", "o3*", "o4-mini*")
+    prices: dict[str, ModelPrice] = field(default_factory=_default_prices)
+    missing_result_ids: set[str] = field(default_factory=set)  # in neither file
+    expire_after_seconds: float = DAY
+    latency: float = 0.0
+    seed: int = 0
+    transient_failure_rate: float = 0.0
+    max_file_bytes: int = 200 * MB
+    max_lines: int = 50_000
+    max_page_size: int = 100
+    default_page_size: int = 20
+    max_creates_per_hour: int = 2000
+    # -- realistic quirks (on by default, off in the fast profile) ------------------------------
+    empty_file_id: bool = True  # an absent file id reads "" instead of null on every other batch
+    cancel_counts_zero: bool = True  # a cancelled batch's counters read {total, 0, 0}
+    cancel_loses_lines: int = 1  # completed lines of a cancelled batch left out of both files
+    cancel_output_file: bool = True  # finished lines of a cancelled batch in an output file
+    shuffle_results: bool = True  # file rows in a seeded random order
+    enqueued_token_limit: int | None = 2_000_000  # per model, prompt tokens of in-flight batches
+    batch_usage: bool = True  # the batch object carries ``usage`` (successful rows)
+    # -- hostile switches (off by default) -------------------------------------------------------
+    results_gone_status: int | None = None  # file content answers this once the batch ended
+    page_overflow: int = 0  # list pages carry this many entries beyond the limit
+    endless_pagination: tuple[str, ...] = ()  # list endpoints whose has_more never ends
+    line_quirks: dict[str, str] = field(default_factory=dict)  # custom id -> LINE_QUIRKS
+    nested_depth: int = 0  # batch GETs carry a JSON array nested this deep
+
+    def __post_init__(self) -> None:
+        unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
+        if unknown:
+            raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> OpenAIEmulatorConfig:
+        """Every line done at the first read after create, no quirks: for speed only."""
+        return cls(**{**FAST_PROFILE, **overrides})
+
+    @classmethod
+    def profile(cls, name: str = "realistic", **overrides: Any) -> OpenAIEmulatorConfig:
+        if name == "fast":
+            return cls.fast(**overrides)
+        if name in ("realistic", "default", "hostile"):
+            return cls(**overrides)
+        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
+
+
+@dataclass
+class StoredFile:
+    id: str
+    filename: str
+    purpose: str
+    content: bytes
+    created_at: float
+    expires_at: float | None
+    batch_id: str | None = None  # for an output or error file: its batch
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "file",
+            "bytes": len(self.content),
+            "created_at": int(self.created_at),
+            "expires_at": None if self.expires_at is None else int(self.expires_at),
+            "filename": self.filename,
+            "purpose": self.purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+
+
+@dataclass(eq=False, slots=True)
+class Line:
+    """One request of a batch: a span into the input file, its outcome once it ran."""
+
+    custom_id: str
+    span: tuple[int, int]
+    number: int
+    state: str = "pending"  # pending | succeeded | failed | cancelled | expired
+    completion: dict[str, Any] | None = None
+    error: str | None = None
+    in_files: bool = True  # False: left out of both files (a quirk or missing_result_ids)
+
+
+@dataclass(eq=False)
+class Batch:
+    id: str
+    input_file_id: str
+    endpoint: str
+    metadata: dict[str, str]
+    created_at: float
+    expires_at: float
+    seq: int
+    status: str = "validating"
+    model: str = ""
+    source: bytes = b""
+    lines: list[Line] = field(default_factory=list)
+    reads_left: int = 0  # reads left in the current waiting phase
+    next_pending: int = 0
+    credit: float = 0.0
+    last_progress: float = 0.0
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    times: dict[str, float] = field(default_factory=dict)  # in_progress_at, finalizing_at, ...
+    prompt_estimate: int = 0
+    systems_seen: set[str] = field(default_factory=set)  # for prompt-cache hits
+
+    @property
+    def custom_ids(self) -> list[str]:
+        return [line.custom_id for line in self.lines]
+
+
+class OpenAIEmulatorState:
+    """The emulated provider: files, batches, calls, faults and a clock."""
+
+    def __init__(
+        self, config: OpenAIEmulatorConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config if config is not None else OpenAIEmulatorConfig()
+        self._initial_config = copy.deepcopy(self.config)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self.offset = 0.0
+        self.files: dict[str, StoredFile] = {}
+        self.batches: dict[str, Batch] = {}
+        self.calls: list[Call] = []
+        self._faults = FaultBook(self.config.seed)
+        self._seq = 0
+
+    # -- clock, calls, faults ------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.offset += seconds
+
+    def reset(self) -> None:
+        """Forget everything and restore the initial config, in place."""
+        with self._lock:
+            for f in dataclasses.fields(OpenAIEmulatorConfig):
+                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
+            self.offset = 0.0
+            self.files.clear()
+            self.batches.clear()
+            self.calls.clear()
+            self._faults.reset(self.config.seed)
+            self._seq = 0
+
+    def record(self, call: Call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def count_calls(self, endpoint: str) -> int:
+        with self._lock:
+            return sum(1 for c in self.calls if c.endpoint == endpoint)
+
+    @property
+    def faults(self) -> list[Fault]:
+        return self._faults.faults
+
+    def add_fault(self, fault: Fault) -> Fault:
+        with self._lock:
+            self._faults.faults.append(fault)
+            return fault
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.faults.clear()
+
+    def pick_fault(self, endpoint: str) -> Fault | None:
+        with self._lock:
+            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
+                endpoint
+            )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{uuid.uuid4().hex[:24]}"
+
+    # -- files ---------------------------------------------------------------------------------
+    def add_file(self, filename: str, purpose: str, content: bytes) -> dict[str, Any]:
+        with self._lock:
+            if purpose != "batch":
+                raise OpenAIApiError(
+                    400,
+                    f"Invalid value for 'purpose': {purpose!r}. This endpoint takes 'batch' here.",
+                    param="purpose",
+                )
+            if not filename.endswith(".jsonl"):
+                raise OpenAIApiError(400, "Invalid file format for Batch API. Must be .jsonl")
+            if len(content) > self.config.max_file_bytes:
+                raise OpenAIApiError(
+                    400,
+                    f"File is too large: {len(content)} bytes; the Batch API accepts at most "
+                    f"{self.config.max_file_bytes}.",
+                )
+            now = self.now()
+            stored = StoredFile(
+                self._new_id("file-"), filename, purpose, content, now, now + 30 * DAY
+            )
+            self.files[stored.id] = stored
+            return stored.as_json()
+
+    def get_file(self, file_id: str) -> dict[str, Any]:
+        with self._lock:
+            return self._file(file_id).as_json()
+
+    def list_files(self, query: dict[str, str]) -> dict[str, Any]:
+        with self._lock:
+            items = [f for f in self.files.values() if f.purpose == query.get("purpose", f.purpose)]
+            items.sort(key=lambda f: f.created_at, reverse=query.get("order", "desc") == "desc")
+            limit = _limit(query, 10_000, 10_000)
+            return self._envelope([f.as_json() for f in items], query.get("after"), limit, None)
+
+    def file_content(self, file_id: str) -> RawAnswer:
+        with self._lock:
+            stored = self._file(file_id)
+            gone = self.config.results_gone_status
+            if gone is not None and stored.batch_id is not None:
+                raise OpenAIApiError(gone, f"No such File object: {file_id}")
+            return RawAnswer(stored.content, "application/octet-stream")
+
+    def _file(self, file_id: str) -> StoredFile:
+        stored = self.files.get(file_id)
+        if stored is None:
+            raise OpenAIApiError(404, f"No such File object: {file_id}", param="id")
+        return stored
+
+    # -- batches -------------------------------------------------------------------------------
+    def create_batch(self, data: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            file_id = data.get("input_file_id")
+            if not isinstance(file_id, str) or not file_id:
+                raise OpenAIApiError(
+                    400, "Missing required parameter: 'input_file_id'.", param="input_file_id"
+                )
+            endpoint = data.get("endpoint")
+            if endpoint not in BATCH_ENDPOINTS:
+                raise OpenAIApiError(
+                    400, f"Invalid value for 'endpoint': {endpoint!r}.", param="endpoint"
+                )
+            if data.get("completion_window") != "24h":
+                raise OpenAIApiError(
+                    400,
+                    "Invalid value for 'completion_window': only '24h' is supported.",
+                    param="completion_window",
+                )
+            metadata = data.get("metadata") or {}
+            _check_metadata(metadata)
+            now = self.now()
+            recent = [b for b in self.batches.values() if b.created_at > now - 3600]
+            if len(recent) >= self.config.max_creates_per_hour:
+                raise OpenAIApiError(
+                    429,
+                    "Rate limit reached for batch creations: "
+                    f"{self.config.max_creates_per_hour} per hour.",
+                    code="rate_limit_exceeded",
+                )
+            stored = self.files.get(file_id)
+            batch = Batch(
+                id=self._new_id("batch_"),
+                input_file_id=file_id,
+                endpoint=str(endpoint),
+                metadata=dict(metadata),
+                created_at=now,
+                expires_at=now + self.config.expire_after_seconds,
+                seq=self._next_seq(),
+                source=stored.content if stored is not None else b"",
+                reads_left=self.config.validation_reads,
+                last_progress=now,
+            )
+            self.batches[batch.id] = batch
+            return self._view(batch)
+
+    def get_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch, read=True)
+            return self._view(batch)
+
+    def list_batches(self, query: dict[str, str], bend: str | None) -> dict[str, Any]:
+        with self._lock:
+            cfg = self.config
+            limit = _limit(query, cfg.default_page_size, cfg.max_page_size)
+            ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
+            for batch in ordered:
+                self._observe(batch)
+            views = [self._view(batch) for batch in ordered]
+            endless = "list_batches" in cfg.endless_pagination
+            return self._envelope(views, query.get("after"), limit, bend, endless=endless)
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._observe(batch)
+            if batch.status in TERMINAL:
+                raise OpenAIApiError(409, f"Cannot cancel a batch with status '{batch.status}'.")
+            if batch.status != "cancelling":
+                batch.status = "cancelling"
+                batch.times["cancelling_at"] = self.now()
+                batch.reads_left = self.config.cancel_reads
+            return self._view(batch)
+
+    def _batch(self, batch_id: str) -> Batch:
+        batch = self.batches.get(batch_id)
+        if batch is None:
+            raise OpenAIApiError(404, f"No batch found with id '{batch_id}'.")
+        return batch
+
+    def _envelope(
+        self,
+        items: list[dict[str, Any]],
+        after: str | None,
+        limit: int,
+        bend: str | None,
+        endless: bool = False,
+    ) -> dict[str, Any]:
+        """Cursor pagination: ``after`` is the id of the last item already seen."""
+        start = 0
+        if after:
+            ids = [item["id"] for item in items]
+            start = ids.index(after) + 1 if after in ids else len(items)
+        size = limit + max(0, self.config.page_overflow)
+        page = items[start : start + size]
+        more = start + size < len(items)
+        last = page[-1]["id"] if page else None
+        if bend == "repeat_page" and page:
+            last, more = after, True
+        if endless:
+            more = True
+            if not page and items:
+                last = items[-1]["id"]
+        return {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": last,
+            "has_more": more,
+        }
+
+    # -- progress ------------------------------------------------------------------------------
+    def _observe(self, batch: Batch, read: bool = False) -> None:
+        """Bring a batch up to the clock: validation, progress, finalizing, cancel, expiry."""
+        now = self.now()
+        expired = now >= batch.expires_at
+        if batch.status == "validating":
+            if read and batch.reads_left > 0 and not expired:
+                batch.reads_left -= 1
+                return
+            if batch.reads_left > 0 and not expired:
+                return
+            self._validate(batch, now)
+        if batch.status == "in_progress":
+            # Reads after the window closed run nothing more.
+            self._progress(batch, min(now, batch.expires_at), read and not expired)
+            if batch.next_pending >= len(batch.lines):
+                batch.status = "finalizing"
+                batch.times["finalizing_at"] = now
+                batch.reads_left = self.config.finalizing_reads
+                read = False  # the read that finished the lines sees finalizing
+            elif expired:
+                self._end(batch, "expired", batch.expires_at)
+                return
+        if batch.status == "finalizing":
+            if read and batch.reads_left > 0:
+                batch.reads_left -= 1
+            if batch.reads_left <= 0:
+                self._end(batch, "completed", now)
+        elif batch.status == "cancelling":
+            if read and batch.reads_left > 0:
+                batch.reads_left -= 1
+                return
+            if batch.reads_left <= 0:
+                self._end(batch, "cancelled", now)
+
+    def _validate(self, batch: Batch, now: float) -> None:
+        """Check the whole file; the first bad line fails the batch, nothing runs."""
+        if batch.input_file_id not in self.files:
+            self._fail(
+                batch,
+                "invalid_request",
+                f"The input file {batch.input_file_id} could not be found.",
+                None,
+                now,
+            )
+            return
+        lines: list[Line] = []
+        seen: set[str] = set()
+        models: set[str] = set()
+        prompt = 0
+        for number, start, end in line_spans(batch.source):
+            problem = self._check_line(batch, number, start, end, seen, models)
+            if problem is not None:
+                code, message, param = problem
+                self._fail(batch, code, message, number, now, param)
+                return
+            data = json.loads(batch.source[start:end])
+            prompt += sum(len(json.dumps(m)) for m in chat_messages(data["body"])) // 4
+            lines.append(Line(str(data["custom_id"]), (start, end), number))
+            seen.add(str(data["custom_id"]))
+        if not lines:
+            self._fail(batch, "invalid_request", "The batch input file is empty.", None, now)
+            return
+        if len(lines) > self.config.max_lines:
+            self._fail(
+                batch,
+                "invalid_request",
+                f"The batch input file has {len(lines)} requests; at most "
+                f"{self.config.max_lines} are allowed.",
+                None,
+                now,
+            )
+            return
+        batch.model = next(iter(models))
+        limit = self.config.enqueued_token_limit
+        if limit is not None:
+            queued = sum(
+                b.prompt_estimate
+                for b in self.batches.values()
+                if b is not batch and b.model == batch.model and b.status in IN_FLIGHT
+            )
+            if queued + prompt > limit:
+                self._fail(
+                    batch,
+                    "token_limit_exceeded",
+                    f"Enqueued token limit reached for {batch.model} in organization "
+                    f"org-emulator. Limit: {limit:,} enqueued tokens. Please try again once "
+                    "some in_progress batches have been completed.",
+                    None,
+                    now,
+                )
+                return
+        batch.lines, batch.prompt_estimate = lines, prompt
+        batch.status, batch.last_progress = "in_progress", now
+        batch.times["in_progress_at"] = now
+
+    def _check_line(
+        self, batch: Batch, number: int, start: int, end: int, seen: set[str], models: set[str]
+    ) -> tuple[str, str, str | None] | None:
+        try:
+            data = json.loads(batch.source[start:end])
+        except ValueError:
+            return "invalid_json_line", f"Line {number} is not valid JSON.", None
+        if not isinstance(data, dict):
+            return "invalid_json_line", f"Line {number} is not a JSON object.", None
+        custom_id = data.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            return (
+                "missing_required_parameter",
+                "Missing required parameter: 'custom_id'.",
+                ("custom_id"),
+            )
+        if custom_id in seen:
+            return (
+                "duplicate_custom_id",
+                (f"The custom_id '{custom_id}' is used more than once in this file."),
+                "custom_id",
+            )
+        if data.get("method") != "POST":
+            return "invalid_request", "Only POST requests are supported.", "method"
+        if data.get("url") != batch.endpoint:
+            return (
+                "invalid_url",
+                (
+                    f"The url '{data.get('url')}' does not match the batch endpoint "
+                    f"'{batch.endpoint}'."
+                ),
+                "url",
+            )
+        body = data.get("body")
+        if not isinstance(body, dict):
+            return "missing_required_parameter", "Missing required parameter: 'body'.", "body"
+        if "messages" not in body:
+            return (
+                "missing_required_parameter",
+                "Missing required parameter: 'messages'.",
+                ("body.messages"),
+            )
+        if not chat_messages(body):
+            return (
+                "invalid_request",
+                "Invalid 'messages': expected a non-empty array.",
+                ("body.messages"),
+            )
+        if body.get("stream"):
+            return (
+                "streaming_unsupported",
+                "Streaming is not supported in the Batch API.",
+                ("body.stream"),
+            )
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return (
+                "missing_required_parameter",
+                "Missing required parameter: 'model'.",
+                ("body.model"),
+            )
+        if not model_matches(model, self.config.supported_models):
+            return (
+                "model_not_found",
+                (f"The model '{model}' does not exist or you do not have access to it."),
+                "body.model",
+            )
+        if models and model not in models:
+            return (
+                "mismatched_model",
+                (
+                    f"The model '{model}' differs from the batch's model '{next(iter(models))}'; "
+                    "a batch takes one model."
+                ),
+                "body.model",
+            )
+        models.add(model)
+        return None
+
+    def _fail(
+        self,
+        batch: Batch,
+        code: str,
+        message: str,
+        line: int | None,
+        now: float,
+        param: str | None = None,
+    ) -> None:
+        batch.status = "failed"
+        batch.errors = [{"code": code, "line": line, "message": message, "param": param}]
+        batch.times["failed_at"] = now
+        batch.lines = []
+
+    def _progress(self, batch: Batch, now: float, read: bool) -> None:
+        cfg = self.config
+        pending = len(batch.lines) - batch.next_pending
+        if (
+            cfg.requests_per_read is None
+            and cfg.seconds_per_request <= 0
+            and cfg.share_per_read <= 0
+        ):
+            budget = pending
+        else:
+            if cfg.seconds_per_request > 0 and now > batch.last_progress:
+                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
+            if read and cfg.requests_per_read is not None:
+                batch.credit += cfg.requests_per_read
+            elif read and cfg.share_per_read > 0:
+                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
+            budget = min(pending, int(batch.credit + 1e-9))
+            batch.credit = 0.0 if budget == pending else batch.credit - budget
+        batch.last_progress = max(batch.last_progress, now)
+        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
+            self._run(batch, line, now)
+        batch.next_pending += budget
+
+    def _run(self, batch: Batch, line: Line, now: float) -> None:
+        body = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
+        completion_id = "chatcmpl-" + uuid.uuid5(uuid.NAMESPACE_URL, batch.id + line.custom_id).hex
+        outcome = complete(
+            body,
+            completion_id=completion_id,
+            created=int(now),
+            cache_hit=self._cache_hit(batch, body),
+            prices=self.config.prices,
+            quirk=self.config.line_quirks.get(line.custom_id),
+        )
+        if outcome.completion is None:
+            line.state, line.error = "failed", outcome.error
+        else:
+            line.state, line.completion = "succeeded", openai_shape(outcome.completion, body)
+        if line.custom_id in self.config.missing_result_ids:
+            line.in_files = False
+
+    def _cache_hit(self, batch: Batch, body: dict[str, Any]) -> bool:
+        """A line hits the prompt cache when an earlier line of the batch had its system text
+        (half its prompt tokens are then cached, as in xAI's emulator)."""
+        system = system_prompt(body)
+        if system is None:
+            return False
+        hit = system in batch.systems_seen
+        batch.systems_seen.add(system)
+        return hit
+
+    def _end(self, batch: Batch, status: str, when: float) -> None:
+        """A terminal status: lines that never ran are cancelled/expired; the files are written."""
+        left = "expired" if status == "expired" else "cancelled"
+        for line in batch.lines[batch.next_pending :]:
+            line.state = left
+        batch.next_pending = len(batch.lines)
+        if status == "cancelled" and self.config.cancel_loses_lines > 0:
+            done = [line for line in batch.lines if line.state == "succeeded"]
+            for line in done[-self.config.cancel_loses_lines :]:
+                line.in_files = False
+        batch.status = status
+        batch.times[f"{status}_at"] = when
+        if status == "completed":
+            batch.times["completed_at"] = when
+        output, errors = [], []
+        for line in batch.lines:
+            if not line.in_files:
+                continue
+            if line.state == "succeeded":
+                if status != "cancelled" or self.config.cancel_output_file:
+                    output.append(self._row(batch, line))
+            else:
+                errors.append(self._row(batch, line))
+        if self.config.shuffle_results:
+            rng = random.Random(f"{self.config.seed}/{batch.id}")
+            rng.shuffle(output)
+            rng.shuffle(errors)
+        batch.output_file_id = self._result_file(batch, "output", output)
+        batch.error_file_id = self._result_file(batch, "error", errors)
+
+    def _result_file(self, batch: Batch, kind: str, rows: list[dict[str, Any]]) -> str | None:
+        if not rows:
+            return None
+        content = b"".join(json.dumps(row, ensure_ascii=False).encode() + b"\n" for row in rows)
+        now = self.now()
+        stored = StoredFile(
+            self._new_id("file-"),
+            f"{batch.id}_{kind}.jsonl",
+            "batch_output",
+            content,
+            now,
+            now + 30 * DAY,
+            batch_id=batch.id,
+        )
+        self.files[stored.id] = stored
+        return stored.id
+
+    def _row(self, batch: Batch, line: Line) -> dict[str, Any]:
+        digest = hashlib.sha256(f"{batch.id}/{line.custom_id}".encode()).hexdigest()
+        row_id = f"batch_req_{digest[:32]}"
+        request_id = f"req_{digest[32:64]}" if line.number % 2 else str(uuid.UUID(digest[:32]))
+        if line.state == "succeeded":
+            response = {"status_code": 200, "request_id": request_id, "body": line.completion}
+            return {"id": row_id, "custom_id": line.custom_id, "response": response, "error": None}
+        if line.state in ("cancelled", "expired"):
+            code = f"batch_{line.state}"
+            message = CANCELLED_MESSAGE if line.state == "cancelled" else EXPIRED_MESSAGE
+            return {
+                "id": row_id,
+                "custom_id": line.custom_id,
+                "response": None,
+                "error": {"code": code, "message": message},
+            }
+        body = {
+            "error": {
+                "message": line.error or "Invalid request.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        response = {"status_code": 400, "request_id": request_id, "body": body}
+        return {"id": row_id, "custom_id": line.custom_id, "response": response, "error": None}
+
+    # -- views ---------------------------------------------------------------------------------
+    def _view(self, batch: Batch) -> dict[str, Any]:
+        cfg = self.config
+        counts = {"total": 0, "completed": 0, "failed": 0}
+        usage = {"input": 0, "cached": 0, "output": 0, "reasoning": 0}
+        if batch.status not in ("validating", "failed"):
+            counts["total"] = len(batch.lines)
+            for line in batch.lines:
+                if line.state == "succeeded":
+                    counts["completed"] += 1
+                    line_usage = (line.completion or {}).get("usage") or {}
+                    usage["input"] += _int(line_usage.get("prompt_tokens"))
+                    usage["output"] += _int(line_usage.get("completion_tokens"))
+                    details = line_usage.get("prompt_tokens_details") or {}
+                    usage["cached"] += _int(details.get("cached_tokens"))
+                    reasoning = line_usage.get("completion_tokens_details") or {}
+                    usage["reasoning"] += _int(reasoning.get("reasoning_tokens"))
+                elif line.state == "failed":
+                    counts["failed"] += 1
+        if batch.status == "cancelled" and cfg.cancel_counts_zero:
+            counts["completed"] = counts["failed"] = 0
+        absent: str | None = "" if cfg.empty_file_id and batch.seq % 2 == 0 else None
+        terminal = batch.status in ("completed", "cancelled", "expired")
+        view: dict[str, Any] = {
+            "id": batch.id,
+            "object": "batch",
+            "endpoint": batch.endpoint,
+            "model": batch.model or None,
+            "errors": (
+                {"object": "list", "data": [dict(e) for e in batch.errors]}
+                if batch.errors
+                else None
+            ),
+            "input_file_id": batch.input_file_id,
+            "completion_window": "24h",
+            "status": batch.status,
+            "output_file_id": batch.output_file_id or (absent if terminal else None),
+            "error_file_id": batch.error_file_id or (absent if terminal else None),
+            "created_at": int(batch.created_at),
+            "in_progress_at": _at(batch, "in_progress_at"),
+            "expires_at": int(batch.expires_at),
+            "finalizing_at": _at(batch, "finalizing_at"),
+            "completed_at": _at(batch, "completed_at"),
+            "failed_at": _at(batch, "failed_at"),
+            "expired_at": _at(batch, "expired_at"),
+            "cancelling_at": _at(batch, "cancelling_at"),
+            "cancelled_at": _at(batch, "cancelled_at"),
+            "request_counts": counts,
+            "metadata": dict(batch.metadata) or None,
+        }
+        if cfg.batch_usage:
+            view["usage"] = {
+                "input_tokens": usage["input"],
+                "input_tokens_details": {"cached_tokens": usage["cached"]},
+                "output_tokens": usage["output"],
+                "output_tokens_details": {"reasoning_tokens": usage["reasoning"]},
+                "total_tokens": usage["input"] + usage["output"],
+            }
+        return view
+
+
+def openai_shape(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """xAI's completion payload as OpenAI's: reasoning inside ``completion_tokens``, no cost,
+    no ``reasoning_content``; a reasoning model (gpt-5, o-series) reports reasoning tokens."""
+    shaped = copy.deepcopy(completion)
+    usage = shaped.get("usage") or {}
+    usage.pop("cost_in_usd_ticks", None)
+    usage.pop("num_sources_used", None)
+    shaped.pop("citations", None)
+    for choice in shaped.get("choices") or []:
+        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
+            choice["message"].pop("reasoning_content", None)
+    model = str(body.get("model", ""))
+    details = usage.get("completion_tokens_details")
+    if isinstance(details, dict) and isinstance(usage.get("completion_tokens"), int):
+        reasoning = 0
+        if model.startswith(("gpt-5", "o3", "o4")):
+            texts = [str(m.get("content")) for m in chat_messages(body)]
+            reasoning = 64 + len("".join(texts)) // 8
+        details["reasoning_tokens"] = reasoning
+        details.setdefault("accepted_prediction_tokens", 0)
+        details.setdefault("rejected_prediction_tokens", 0)
+        usage["completion_tokens"] += reasoning
+        if isinstance(usage.get("prompt_tokens"), int):
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    shaped["service_tier"] = "default"
+    return shaped
+
+
+def _at(batch: Batch, key: str) -> int | None:
+    value = batch.times.get(key)
+    return None if value is None else int(value)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _limit(query: dict[str, str], default: int, maximum: int) -> int:
+    if "limit" not in query:
+        return default
+    try:
+        limit = int(query["limit"])
+    except ValueError as exc:
+        raise OpenAIApiError(400, "Invalid 'limit': expected an integer.", param="limit") from exc
+    if not 1 <= limit <= maximum:
+        raise OpenAIApiError(
+            400, f"Invalid 'limit': must be between 1 and {maximum}.", param="limit"
+        )
+    return limit
+
+
+def _check_metadata(metadata: Any) -> None:
+    if not isinstance(metadata, dict):
+        raise OpenAIApiError(400, "Invalid 'metadata': expected an object.", param="metadata")
+    if len(metadata) > 16:
+        raise OpenAIApiError(400, "Invalid 'metadata': at most 16 pairs.", param="metadata")
+    for key, value in metadata.items():
+        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+            raise OpenAIApiError(
+                400,
+                "Invalid 'metadata': keys up to 64 characters, string values up to 512.",
+                param="metadata",
+            )
+
+
+class OpenAIEmulatorServer(EmulatorServer):
+    """OpenAI's Batch API on a loopback port (``base_url`` ends in ``/v1``)."""
+
+    provider = "openai"
+    routes = ROUTES
+    path_prefix = "/v1"
+
+    def new_state(self, config: Any) -> OpenAIEmulatorState:
+        return OpenAIEmulatorState(config)
+
+    def config_for(self, profile: str) -> OpenAIEmulatorConfig:
+        return OpenAIEmulatorConfig.profile(profile)
+
+    def error_body(
+        self, status: int, message: str, error: ApiError | None = None
+    ) -> dict[str, Any]:
+        return error_envelope(status, message, error)
+
+    def authorize(self, headers: Any) -> None:
+        header = headers.get("Authorization") if headers is not None else None
+        scheme, _, key = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not self.key_matches(key.strip()):
+            raise OpenAIApiError(401, BAD_KEY_MESSAGE, code="invalid_api_key")
+
+    def dispatch(
+        self, handler: Any, call: Call, batch_id: str | None, body: bytes, bend: str | None
+    ) -> dict[str, Any] | RawAnswer:
+        state: OpenAIEmulatorState = self.state
+        endpoint, ident = call.endpoint, str(batch_id)
+        if endpoint == "upload_file":
+            fields, filename, content = parse_multipart(
+                handler.headers.get("Content-Type", ""), body
+            )
+            return state.add_file(filename, fields.get("purpose", ""), content)
+        if endpoint == "list_files":
+            return state.list_files(call.query)
+        if endpoint == "get_file":
+            return state.get_file(ident)
+        if endpoint == "list_results":
+            return state.file_content(ident)
+        if endpoint == "create_batch":
+            return state.create_batch(_json(body))
+        if endpoint == "list_batches":
+            return state.list_batches(call.query, bend)
+        if endpoint == "get_batch":
+            return state.get_batch(ident)
+        if endpoint == "cancel_batch":
+            return state.cancel_batch(ident)
+        raise OpenAIApiError(404, f"Unknown endpoint {call.method} {call.path}")
+
+
+def lines_of(batch: Batch, states: Iterable[str]) -> list[str]:
+    """Custom ids of a batch's lines in the given states (for tests)."""
+    wanted = set(states)
+    return [line.custom_id for line in batch.lines if line.state in wanted]
