@@ -155,7 +155,9 @@ def test_every_line_failed_is_completed_without_an_output_file(openai_emulator: 
     assert batch.status == "ended"
     completions = list(batch.completions.all())
     assert len(completions) == 3
-    assert all(c.status == "failed" and "Invalid 'temperature'" in c.failure_reason for c in completions)
+    assert all(
+        c.status == "failed" and "Invalid 'temperature'" in c.failure_reason for c in completions
+    )
     assert not batch.total_cost
     assert openai_emulator.state.count_calls("list_results") == 1  # the error file only
 
@@ -208,9 +210,7 @@ def test_expired_batch_keeps_finished_lines_and_expires_the_rest(openai_emulator
     result = outcomes(batch)
     finished = [cid for cid, (state, _) in result.items() if state == "completed"]
     assert finished == ["req-000", "req-001"]
-    assert {result[cid] for cid in result if cid not in finished} == {
-        ("failed", "request expired")
-    }
+    assert {result[cid] for cid in result if cid not in finished} == {("failed", "request expired")}
     assert batch.total_cost == sum(
         c.total_cost for c in batch.completions.filter(status="completed")
     )
@@ -273,7 +273,9 @@ def test_cut_results_download_is_read_again_complete(openai_emulator: Any) -> No
 
 @pytest.mark.parametrize("status", [500, 503, 429])
 def test_transient_errors_on_get_batch_are_retried(openai_emulator: Any, status: int) -> None:
-    openai_emulator.add_fault(Fault("get_batch", "status", status=status, times=2, retry_after=0.01))
+    openai_emulator.add_fault(
+        Fault("get_batch", "status", status=status, times=2, retry_after=0.01)
+    )
     batch = run_to_end(make_openai_batch(2))
     assert batch.status == "ended"
     assert set(outcomes(batch).values()) == {("completed", "")}

@@ -10,7 +10,7 @@ with exit status 0. The base URL to configure (``OPENAI_BASE_URL``) ends in ``/v
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             host=options["host"],
             port=options["port"],
             api_key=options["api_key"] or None,
-            config=config,
+            config=cast(Any, config),  # the base class is typed with xAI's config
             quiet=options["verbosity"] < 2,
         )
 

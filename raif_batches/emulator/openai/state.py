@@ -1,54 +1,4 @@
-"""An emulator of OpenAI's Batch API (chat completions), as the provider serves it.
-
-Files (``/v1/files``), batches (``/v1/batches``), their output and error files, OpenAI's error
-envelope and key check, over the same HTTP server, faults and control surface as xAI's emulator
-(:mod:`raif_batches.emulator.server`, :mod:`~raif_batches.emulator.faults`). Answers come from
-:func:`raif_batches.emulator.completions.complete` (its ``[[emulator:...]]`` markers included),
-reshaped to OpenAI's usage: reasoning tokens inside ``completion_tokens``, no cost.
-
-Everything is lazy, as in xAI's state: a batch moves on (validation, progress, finalizing, the
-end of a cancel, expiry) only when a call observes it, from the emulator clock and the number of
-reads, so tests are deterministic and jump in time with :meth:`OpenAIEmulatorState.advance`.
-
-The default config plays the fact sheet (``shared/openai-batch-api.md``); every quirk is a switch:
-
-============================================  ===================================  ==========
-quirk                                         switch                               fast
-============================================  ===================================  ==========
-``validating`` for some reads, counts 0        ``validation_reads`` (2)             0
-validation fails the whole batch (codes)      always (one bad line, first wins)    same
-a nonexistent input file is accepted, then    always                               same
-it fails validation
-``finalizing`` with counts at 100%            ``finalizing_reads`` (1)             0
-lines finish over several reads               ``share_per_read`` (0.25) /          off
-                                              ``requests_per_read`` /
-                                              ``seconds_per_request``
-all lines failed -> ``completed``,            always                               same
-``output_file_id: null``
-``""`` for an absent file id                  ``empty_file_id`` (every other batch)  off
-``cancelling`` for some reads                 ``cancel_reads`` (1)                 0
-after a cancel, counters read ``{total,0,0}``  ``cancel_counts_zero`` (True)       off
-a completed line in neither file after a      ``cancel_loses_lines`` (1)           0
-cancel
-cancel keeps finished lines in the output     ``cancel_output_file`` (True; False:  same
-file (reference) or only an error file        observed, only the error file)
-expiry after 24 h, the rest ``batch_expired``  ``expire_after_seconds`` (86400)    same
-enqueued-token limit -> created, then failed  ``enqueued_token_limit`` (2,000,000)  off
-result rows in any order                      ``shuffle_results`` (True)           off
-``request_id`` as ``req_…`` or a UUID          alternating                          same
-usage on the batch (successful rows only)     ``batch_usage`` (True)               same
-409 on cancel of a finished batch, 401        always                               same
-``invalid_api_key``, 404 unknown batch
-2,000 creates per hour, then 429              ``max_creates_per_hour`` (2000)      same
-============================================  ===================================  ==========
-
-Hostile switches, off by default: ``results_gone_status`` (the file content answers 404/410
-once the batch has ended), ``page_overflow`` (list pages longer than asked),
-``endless_pagination`` (``("list_batches",)``: ``has_more`` never false), ``missing_result_ids``
-(lines left out of both files), ``line_quirks`` (malformed answers, see completions).
-
-All public state methods take one ``RLock``; the threaded server calls them freely.
-"""
+"""The OpenAI emulator's in-memory world: files, batches, lines, their lazy progress."""
 
 from __future__ import annotations
 
@@ -57,174 +7,33 @@ import dataclasses
 import hashlib
 import json
 import random
-import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .completions import (
-    LINE_QUIRKS,
-    ModelPrice,
+from ..completions import (
     chat_messages,
     complete,
     model_matches,
     system_prompt,
 )
-from .faults import Fault, FaultBook
-from .server import EmulatorServer, RawAnswer, Routes, _json, parse_multipart
-from .state import ApiError, Call
-from .state import _line_spans as line_spans
-
-ROUTES: Routes = [
-    ("POST", re.compile(r"/v1/files"), "upload_file"),
-    ("GET", re.compile(r"/v1/files"), "list_files"),
-    ("GET", re.compile(r"/v1/files/(?P<id>[^/]+)"), "get_file"),
-    ("GET", re.compile(r"/v1/files/(?P<id>[^/]+)/content"), "list_results"),
-    ("POST", re.compile(r"/v1/batches"), "create_batch"),
-    ("GET", re.compile(r"/v1/batches"), "list_batches"),
-    ("GET", re.compile(r"/v1/batches/(?P<id>[^/]+)"), "get_batch"),
-    ("POST", re.compile(r"/v1/batches/(?P<id>[^/]+)/cancel"), "cancel_batch"),
-]
-ENDPOINTS = tuple(name for _, _, name in ROUTES)
-CHAT_URL = "/v1/chat/completions"
-BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions")
-MB = 1024 * 1024
-DAY = 86400.0
-BAD_KEY_MESSAGE = (
-    "Incorrect API key provided. You can find your API key at "
-    "https://platform.openai.com/account/api-keys."
+from ..faults import Fault, FaultBook
+from ..server import RawAnswer
+from ..state import Call
+from ..state import _line_spans as line_spans
+from .config import (
+    BATCH_ENDPOINTS,
+    CANCELLED_MESSAGE,
+    DAY,
+    EXPIRED_MESSAGE,
+    IN_FLIGHT,
+    TERMINAL,
+    OpenAIApiError,
+    OpenAIEmulatorConfig,
 )
-CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
-EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
-IN_FLIGHT = ("validating", "in_progress", "finalizing", "cancelling")
-TERMINAL = ("completed", "failed", "expired", "cancelled")
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "invalid_request_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "requests",
-}
-
-
-class OpenAIApiError(ApiError):
-    """An error answer with OpenAI's ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str | None = None,
-        param: str | None = None,
-        type: str | None = None,
-    ) -> None:
-        super().__init__(status, message)
-        self.code, self.param, self.type = code, param, type
-
-
-def error_envelope(status: int, message: str, error: ApiError | None = None) -> dict[str, Any]:
-    code = getattr(error, "code", None)
-    kind = getattr(error, "type", None) or ERROR_TYPES.get(status, "server_error")
-    return {
-        "error": {
-            "message": message,
-            "type": kind,
-            "param": getattr(error, "param", None),
-            "code": code,
-        }
-    }
-
-
-def _default_prices() -> dict[str, ModelPrice]:
-    # The emulator's own usage figures (no cost is served): list prices, half off in a batch.
-    half = 0.5
-    return {
-        "gpt-5-mini*": ModelPrice(input=0.25, cached_input=0.025, output=2.0, batch_discount=half),
-        "gpt-5-nano*": ModelPrice(input=0.05, cached_input=0.005, output=0.4, batch_discount=half),
-        "gpt-5*": ModelPrice(input=1.25, cached_input=0.125, output=10.0, batch_discount=half),
-        "gpt-4.1*": ModelPrice(input=2.0, cached_input=0.5, output=8.0, batch_discount=half),
-        "gpt-4o*": ModelPrice(input=2.5, cached_input=1.25, output=10.0, batch_discount=half),
-    }
-
-
-FAST_PROFILE: dict[str, Any] = {
-    "validation_reads": 0,
-    "finalizing_reads": 0,
-    "cancel_reads": 0,
-    "requests_per_read": None,
-    "share_per_read": 0.0,
-    "seconds_per_request": 0.0,
-    "empty_file_id": False,
-    "cancel_counts_zero": False,
-    "cancel_loses_lines": 0,
-    "shuffle_results": False,
-    "enqueued_token_limit": None,
-}
-PROFILES = ("realistic", "fast")
-
-
-@dataclass
-class OpenAIEmulatorConfig:
-    """Every knob; tests may change fields while the server runs. The defaults play OpenAI as
-    the fact sheet says; :meth:`fast` is the quiet one. Names shared with xAI's
-    :class:`~raif_batches.emulator.state.EmulatorConfig` mean the same."""
-
-    validation_reads: int = 2  # GETs of a batch that read ``validating`` before validation
-    finalizing_reads: int = 1  # GETs that read ``finalizing`` (counts at 100%) before the end
-    cancel_reads: int = 1  # GETs that read ``cancelling`` before ``cancelled``
-    requests_per_read: int | None = None  # lines finished per GET (see xAI's state)
-    share_per_read: float = 0.25  # share of the lines finished per GET (at least one)
-    seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
-    supported_models: tuple[str, ...] = ("gpt-5*", "gpt-4.1*", "gpt-4o*", "o3*", "o4-mini*")
-    prices: dict[str, ModelPrice] = field(default_factory=_default_prices)
-    missing_result_ids: set[str] = field(default_factory=set)  # in neither file
-    expire_after_seconds: float = DAY
-    latency: float = 0.0
-    seed: int = 0
-    transient_failure_rate: float = 0.0
-    max_file_bytes: int = 200 * MB
-    max_lines: int = 50_000
-    max_page_size: int = 100
-    default_page_size: int = 20
-    max_creates_per_hour: int = 2000
-    # -- realistic quirks (on by default, off in the fast profile) ------------------------------
-    empty_file_id: bool = True  # an absent file id reads "" instead of null on every other batch
-    cancel_counts_zero: bool = True  # a cancelled batch's counters read {total, 0, 0}
-    cancel_loses_lines: int = 1  # completed lines of a cancelled batch left out of both files
-    cancel_output_file: bool = True  # finished lines of a cancelled batch in an output file
-    shuffle_results: bool = True  # file rows in a seeded random order
-    enqueued_token_limit: int | None = 2_000_000  # per model, prompt tokens of in-flight batches
-    batch_usage: bool = True  # the batch object carries ``usage`` (successful rows)
-    # -- hostile switches (off by default) -------------------------------------------------------
-    results_gone_status: int | None = None  # file content answers this once the batch ended
-    page_overflow: int = 0  # list pages carry this many entries beyond the limit
-    endless_pagination: tuple[str, ...] = ()  # list endpoints whose has_more never ends
-    line_quirks: dict[str, str] = field(default_factory=dict)  # custom id -> LINE_QUIRKS
-    nested_depth: int = 0  # batch GETs carry a JSON array nested this deep
-
-    def __post_init__(self) -> None:
-        unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
-        if unknown:
-            raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
-
-    @classmethod
-    def fast(cls, **overrides: Any) -> OpenAIEmulatorConfig:
-        """Every line done at the first read after create, no quirks: for speed only."""
-        return cls(**{**FAST_PROFILE, **overrides})
-
-    @classmethod
-    def profile(cls, name: str = "realistic", **overrides: Any) -> OpenAIEmulatorConfig:
-        if name == "fast":
-            return cls.fast(**overrides)
-        if name in ("realistic", "default", "hostile"):
-            return cls(**overrides)
-        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
 
 
 @dataclass
@@ -507,6 +316,8 @@ class OpenAIEmulatorState:
         if after:
             ids = [item["id"] for item in items]
             start = ids.index(after) + 1 if after in ids else len(items)
+        if endless and start >= len(items):
+            start = 0  # the list starts over, for ever
         size = limit + max(0, self.config.page_overflow)
         page = items[start : start + size]
         more = start + size < len(items)
@@ -515,8 +326,6 @@ class OpenAIEmulatorState:
             last, more = after, True
         if endless:
             more = True
-            if not page and items:
-                last = items[-1]["id"]
         return {
             "object": "list",
             "data": page,
@@ -963,60 +772,3 @@ def _check_metadata(metadata: Any) -> None:
                 "Invalid 'metadata': keys up to 64 characters, string values up to 512.",
                 param="metadata",
             )
-
-
-class OpenAIEmulatorServer(EmulatorServer):
-    """OpenAI's Batch API on a loopback port (``base_url`` ends in ``/v1``)."""
-
-    provider = "openai"
-    routes = ROUTES
-    path_prefix = "/v1"
-
-    def new_state(self, config: Any) -> OpenAIEmulatorState:
-        return OpenAIEmulatorState(config)
-
-    def config_for(self, profile: str) -> OpenAIEmulatorConfig:
-        return OpenAIEmulatorConfig.profile(profile)
-
-    def error_body(
-        self, status: int, message: str, error: ApiError | None = None
-    ) -> dict[str, Any]:
-        return error_envelope(status, message, error)
-
-    def authorize(self, headers: Any) -> None:
-        header = headers.get("Authorization") if headers is not None else None
-        scheme, _, key = (header or "").partition(" ")
-        if scheme.lower() != "bearer" or not self.key_matches(key.strip()):
-            raise OpenAIApiError(401, BAD_KEY_MESSAGE, code="invalid_api_key")
-
-    def dispatch(
-        self, handler: Any, call: Call, batch_id: str | None, body: bytes, bend: str | None
-    ) -> dict[str, Any] | RawAnswer:
-        state: OpenAIEmulatorState = self.state
-        endpoint, ident = call.endpoint, str(batch_id)
-        if endpoint == "upload_file":
-            fields, filename, content = parse_multipart(
-                handler.headers.get("Content-Type", ""), body
-            )
-            return state.add_file(filename, fields.get("purpose", ""), content)
-        if endpoint == "list_files":
-            return state.list_files(call.query)
-        if endpoint == "get_file":
-            return state.get_file(ident)
-        if endpoint == "list_results":
-            return state.file_content(ident)
-        if endpoint == "create_batch":
-            return state.create_batch(_json(body))
-        if endpoint == "list_batches":
-            return state.list_batches(call.query, bend)
-        if endpoint == "get_batch":
-            return state.get_batch(ident)
-        if endpoint == "cancel_batch":
-            return state.cancel_batch(ident)
-        raise OpenAIApiError(404, f"Unknown endpoint {call.method} {call.path}")
-
-
-def lines_of(batch: Batch, states: Iterable[str]) -> list[str]:
-    """Custom ids of a batch's lines in the given states (for tests)."""
-    wanted = set(states)
-    return [line.custom_id for line in batch.lines if line.state in wanted]

@@ -1,0 +1,72 @@
+"""An emulator of OpenAI's Batch API (chat completions), as the provider serves it.
+
+Files (``/v1/files``), batches (``/v1/batches``), their output and error files, OpenAI's error
+envelope and key check, over the same HTTP server, faults and control surface as xAI's emulator
+(:mod:`raif_batches.emulator.server`, :mod:`~raif_batches.emulator.faults`). Answers come from
+:func:`raif_batches.emulator.completions.complete` (its ``[[emulator:...]]`` markers included),
+reshaped to OpenAI's usage: reasoning tokens inside ``completion_tokens``, no cost.
+
+Everything is lazy, as in xAI's state: a batch moves on (validation, progress, finalizing, the
+end of a cancel, expiry) only when a call observes it, from the emulator clock and the number of
+reads, so tests are deterministic and jump in time with :meth:`OpenAIEmulatorState.advance`.
+
+The default config plays the fact sheet (``shared/openai-batch-api.md``); every quirk is a switch:
+
+============================================  ===================================  ==========
+quirk                                         switch                               fast
+============================================  ===================================  ==========
+``validating`` for some reads, counts 0        ``validation_reads`` (2)             0
+validation fails the whole batch (codes)      always (one bad line, first wins)    same
+a nonexistent input file is accepted, then    always                               same
+it fails validation
+``finalizing`` with counts at 100%            ``finalizing_reads`` (1)             0
+lines finish over several reads               ``share_per_read`` (0.25) /          off
+                                              ``requests_per_read`` /
+                                              ``seconds_per_request``
+all lines failed -> ``completed``,            always                               same
+``output_file_id: null``
+``""`` for an absent file id                  ``empty_file_id`` (every other batch)  off
+``cancelling`` for some reads                 ``cancel_reads`` (1)                 0
+after a cancel, counters read ``{total,0,0}``  ``cancel_counts_zero`` (True)       off
+a completed line in neither file after a      ``cancel_loses_lines`` (1)           0
+cancel
+cancel keeps finished lines in the output     ``cancel_output_file`` (True; False:  same
+file (reference) or only an error file        observed, only the error file)
+expiry after 24 h, the rest ``batch_expired``  ``expire_after_seconds`` (86400)    same
+enqueued-token limit -> created, then failed  ``enqueued_token_limit`` (2,000,000)  off
+result rows in any order                      ``shuffle_results`` (True)           off
+``request_id`` as ``req_…`` or a UUID          alternating                          same
+usage on the batch (successful rows only)     ``batch_usage`` (True)               same
+409 on cancel of a finished batch, 401        always                               same
+``invalid_api_key``, 404 unknown batch
+2,000 creates per hour, then 429              ``max_creates_per_hour`` (2000)      same
+============================================  ===================================  ==========
+
+Hostile switches, off by default: ``results_gone_status`` (the file content answers 404/410
+once the batch has ended), ``page_overflow`` (list pages longer than asked),
+``endless_pagination`` (``("list_batches",)``: ``has_more`` never false), ``missing_result_ids``
+(lines left out of both files), ``line_quirks`` (malformed answers, see completions).
+
+All public state methods take one ``RLock``; the threaded server calls them freely.
+"""
+
+from __future__ import annotations
+
+from .config import FAST_PROFILE, ROUTES, OpenAIApiError, OpenAIEmulatorConfig, error_envelope
+from .server import OpenAIEmulatorServer, lines_of
+from .state import Batch, Line, OpenAIEmulatorState, StoredFile, openai_shape
+
+__all__ = [
+    "FAST_PROFILE",
+    "ROUTES",
+    "Batch",
+    "Line",
+    "OpenAIApiError",
+    "OpenAIEmulatorConfig",
+    "OpenAIEmulatorServer",
+    "OpenAIEmulatorState",
+    "StoredFile",
+    "error_envelope",
+    "lines_of",
+    "openai_shape",
+]
