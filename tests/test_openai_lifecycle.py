@@ -300,3 +300,53 @@ def test_a_second_poll_changes_nothing(openai_emulator: Any) -> None:
     assert after == before
     assert batch.completions.count() == 4
     assert openai_emulator.state.count_calls("list_results") == reads
+
+
+def test_a_line_in_neither_file_fails_as_entry_missing(openai_emulator: Any) -> None:
+    openai_emulator.config.missing_result_ids = {"req-001"}
+    batch = run_to_end(make_openai_batch(3))
+
+    assert batch.status == "ended"
+    result = outcomes(batch)
+    assert result["req-001"] == ("failed", "entry missing")
+    assert result["req-000"] == result["req-002"] == ("completed", "")
+
+
+def test_a_wrong_key_is_refused_and_never_shown(openai_emulator: Any, settings: Any) -> None:
+    wrong = "sk-Wr0ngK3y-aaaabbbbccccddddeeeeffff00001111"
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "OPENAI_API_KEY": wrong}
+    batch = make_openai_batch(2)
+    report = submit([batch.pk])
+    assert report.submitted == [] and report.fatal is not None
+    batch.refresh_from_db()
+    assert batch.status == "pending"
+    assert batch.failure_error == "API key rejected"
+    assert "invalid_api_key" in batch.failure_reason
+    assert wrong not in batch.failure_reason and wrong not in repr(report)
+    assert openai_emulator.state.count_calls("create_batch") == 0
+
+
+def test_transient_faults_everywhere_still_give_every_result_once(openai_emulator: Any) -> None:
+    openai_emulator.config.transient_failure_rate = 0.3
+    openai_emulator.config.seed = 7
+    batch = make_openai_batch(6, failing=1)
+    for _ in range(40):
+        batch.refresh_from_db()
+        if batch.results_fetched_at is not None:
+            break
+        if batch.status == "pending":
+            submit([batch.pk])
+        else:
+            poll([batch.pk], force=True)
+    batch.refresh_from_db()
+    assert batch.status == "ended" and batch.results_fetched_at is not None
+    result = outcomes(batch)
+    assert len(result) == 7
+    assert [cid for cid, (state, _) in result.items() if state == "failed"] == ["bad-000"]
+    # However many creates the faults cost, one provider batch carries this batch's name.
+    ours = [
+        b
+        for b in openai_emulator.state.batches.values()
+        if b.metadata.get("raif_batch_name") == batch.provider_batch_name
+    ]
+    assert [b.id for b in ours] == [batch.provider_batch_id]

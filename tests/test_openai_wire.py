@@ -385,3 +385,11 @@ def test_client_error_message_names_the_code() -> None:
 def test_check_request_refuses_streaming() -> None:
     assert OpenAIStrategy.check_request({"messages": []}) is None
     assert "stream" in (OpenAIStrategy.check_request({"extra_body": {"stream": True}}) or "")
+
+
+def test_should_retry_false_makes_a_server_error_final() -> None:
+    client = OpenAIClient("http://127.0.0.1:9/v1", "sk-secret")
+    answer = response(503, {"error": {"message": "Overloaded", "type": "server_error"}})
+    assert client.classify_error(answer).retryable
+    answer.headers["x-should-retry"] = "false"
+    assert not client.classify_error(answer).retryable

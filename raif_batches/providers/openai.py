@@ -45,7 +45,7 @@ from typing import IO, Any
 import requests
 
 from ..conf import api_key, base_url, get_setting
-from ..exceptions import InvalidBatchRequest
+from ..exceptions import InvalidBatchRequest, ProviderError
 from ..http import ApiClient, Validator, build_session, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
@@ -98,6 +98,15 @@ class OpenAIClient(ApiClient):
                 return f"{message} ({code})"
             return message or code
         return super().error_message(payload)
+
+    def classify_error(self, response: requests.Response) -> ProviderError:
+        """As the base class, and ``x-should-retry: false`` (the SDK obeys it) makes an error
+        final that would otherwise be retried. ``true`` is not taken to retry a refusal: a 4xx
+        stays a refusal here, and the lifecycle reads the batch again later anyway."""
+        error = super().classify_error(response)
+        if error.retryable and response.headers.get("x-should-retry", "").lower() == "false":
+            error.retryable = False
+        return error
 
     def is_authentication_error(self, response: requests.Response, payload: Any) -> bool:
         error = payload.get("error") if isinstance(payload, dict) else None
