@@ -48,13 +48,19 @@ once the batch has ended), ``page_overflow`` (list pages longer than asked),
 (lines left out of both files), ``line_quirks`` (malformed answers, see completions).
 
 All public state methods take one ``RLock``; the threaded server calls them freely.
+
+Layout: :mod:`.config` (routes, constants, the error envelope, the config), :mod:`.records`
+(files, batches, lines), :mod:`.wire` (line checks, result rows, the batch object),
+:mod:`.state` (the lazy world under its lock), :mod:`.server` (auth and dispatch).
 """
 
 from __future__ import annotations
 
 from .config import FAST_PROFILE, ROUTES, OpenAIApiError, OpenAIEmulatorConfig, error_envelope
-from .server import OpenAIEmulatorServer, lines_of
-from .state import Batch, Line, OpenAIEmulatorState, StoredFile, openai_shape
+from .records import Batch, Line, StoredFile
+from .server import OpenAIEmulatorServer
+from .state import OpenAIEmulatorState
+from .wire import openai_shape
 
 __all__ = [
     "FAST_PROFILE",
@@ -67,6 +73,5 @@ __all__ = [
     "OpenAIEmulatorState",
     "StoredFile",
     "error_envelope",
-    "lines_of",
     "openai_shape",
 ]

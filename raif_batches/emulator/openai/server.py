@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any, cast
 
 from ..server import EmulatorServer, RawAnswer, _json, parse_multipart
@@ -14,7 +13,7 @@ from .config import (
     OpenAIEmulatorConfig,
     error_envelope,
 )
-from .state import Batch, OpenAIEmulatorState
+from .state import OpenAIEmulatorState
 
 
 class OpenAIEmulatorServer(EmulatorServer):
@@ -66,9 +65,3 @@ class OpenAIEmulatorServer(EmulatorServer):
         if endpoint == "cancel_batch":
             return state.cancel_batch(ident)
         raise OpenAIApiError(404, f"Unknown endpoint {call.method} {call.path}")
-
-
-def lines_of(batch: Batch, states: Iterable[str]) -> list[str]:
-    """Custom ids of a batch's lines in the given states (for tests)."""
-    wanted = set(states)
-    return [line.custom_id for line in batch.lines if line.state in wanted]

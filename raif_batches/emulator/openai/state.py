@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import random
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..completions import (
     chat_messages,
     complete,
-    model_matches,
     system_prompt,
 )
 from ..faults import Fault, FaultBook
@@ -26,80 +23,21 @@ from ..state import Call
 from ..state import _line_spans as line_spans
 from .config import (
     BATCH_ENDPOINTS,
-    CANCELLED_MESSAGE,
     DAY,
-    EXPIRED_MESSAGE,
     IN_FLIGHT,
     TERMINAL,
     OpenAIApiError,
     OpenAIEmulatorConfig,
 )
-
-
-@dataclass
-class StoredFile:
-    id: str
-    filename: str
-    purpose: str
-    content: bytes
-    created_at: float
-    expires_at: float | None
-    batch_id: str | None = None  # for an output or error file: its batch
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "file",
-            "bytes": len(self.content),
-            "created_at": int(self.created_at),
-            "expires_at": None if self.expires_at is None else int(self.expires_at),
-            "filename": self.filename,
-            "purpose": self.purpose,
-            "status": "processed",
-            "status_details": None,
-        }
-
-
-@dataclass(eq=False, slots=True)
-class Line:
-    """One request of a batch: a span into the input file, its outcome once it ran."""
-
-    custom_id: str
-    span: tuple[int, int]
-    number: int
-    state: str = "pending"  # pending | succeeded | failed | cancelled | expired
-    completion: dict[str, Any] | None = None
-    error: str | None = None
-    in_files: bool = True  # False: left out of both files (a quirk or missing_result_ids)
-
-
-@dataclass(eq=False)
-class Batch:
-    id: str
-    input_file_id: str
-    endpoint: str
-    metadata: dict[str, str]
-    created_at: float
-    expires_at: float
-    seq: int
-    status: str = "validating"
-    model: str = ""
-    source: bytes = b""
-    lines: list[Line] = field(default_factory=list)
-    reads_left: int = 0  # reads left in the current waiting phase
-    next_pending: int = 0
-    credit: float = 0.0
-    last_progress: float = 0.0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    output_file_id: str | None = None
-    error_file_id: str | None = None
-    times: dict[str, float] = field(default_factory=dict)  # in_progress_at, finalizing_at, ...
-    prompt_estimate: int = 0
-    systems_seen: set[str] = field(default_factory=set)  # for prompt-cache hits
-
-    @property
-    def custom_ids(self) -> list[str]:
-        return [line.custom_id for line in self.lines]
+from .records import Batch, Line, StoredFile
+from .wire import (
+    batch_view,
+    check_line,
+    check_metadata,
+    openai_shape,
+    page_limit,
+    result_row,
+)
 
 
 class OpenAIEmulatorState:
@@ -205,7 +143,7 @@ class OpenAIEmulatorState:
         with self._lock:
             items = [f for f in self.files.values() if f.purpose == query.get("purpose", f.purpose)]
             items.sort(key=lambda f: f.created_at, reverse=query.get("order", "desc") == "desc")
-            limit = _limit(query, 10_000, 10_000)
+            limit = page_limit(query, 10_000, 10_000)
             return self._envelope([f.as_json() for f in items], query.get("after"), limit, None)
 
     def file_content(self, file_id: str) -> RawAnswer:
@@ -242,7 +180,7 @@ class OpenAIEmulatorState:
                     param="completion_window",
                 )
             metadata = data.get("metadata") or {}
-            _check_metadata(metadata)
+            check_metadata(metadata)
             now = self.now()
             recent = [b for b in self.batches.values() if b.created_at > now - 3600]
             if len(recent) >= self.config.max_creates_per_hour:
@@ -266,22 +204,22 @@ class OpenAIEmulatorState:
                 last_progress=now,
             )
             self.batches[batch.id] = batch
-            return self._view(batch)
+            return batch_view(batch, self.config)
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
             batch = self._batch(batch_id)
             self._observe(batch, read=True)
-            return self._view(batch)
+            return batch_view(batch, self.config)
 
     def list_batches(self, query: dict[str, str], bend: str | None) -> dict[str, Any]:
         with self._lock:
             cfg = self.config
-            limit = _limit(query, cfg.default_page_size, cfg.max_page_size)
+            limit = page_limit(query, cfg.default_page_size, cfg.max_page_size)
             ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
             for batch in ordered:
                 self._observe(batch)
-            views = [self._view(batch) for batch in ordered]
+            views = [batch_view(batch, self.config) for batch in ordered]
             endless = "list_batches" in cfg.endless_pagination
             return self._envelope(views, query.get("after"), limit, bend, endless=endless)
 
@@ -295,7 +233,7 @@ class OpenAIEmulatorState:
                 batch.status = "cancelling"
                 batch.times["cancelling_at"] = self.now()
                 batch.reads_left = self.config.cancel_reads
-            return self._view(batch)
+            return batch_view(batch, self.config)
 
     def _batch(self, batch_id: str) -> Batch:
         batch = self.batches.get(batch_id)
@@ -385,7 +323,9 @@ class OpenAIEmulatorState:
         models: set[str] = set()
         prompt = 0
         for number, start, end in line_spans(batch.source):
-            problem = self._check_line(batch, number, start, end, seen, models)
+            problem = check_line(
+                batch, number, start, end, seen, models, self.config.supported_models
+            )
             if problem is not None:
                 code, message, param = problem
                 self._fail(batch, code, message, number, now, param)
@@ -429,85 +369,6 @@ class OpenAIEmulatorState:
         batch.lines, batch.prompt_estimate = lines, prompt
         batch.status, batch.last_progress = "in_progress", now
         batch.times["in_progress_at"] = now
-
-    def _check_line(
-        self, batch: Batch, number: int, start: int, end: int, seen: set[str], models: set[str]
-    ) -> tuple[str, str, str | None] | None:
-        try:
-            data = json.loads(batch.source[start:end])
-        except ValueError:
-            return "invalid_json_line", f"Line {number} is not valid JSON.", None
-        if not isinstance(data, dict):
-            return "invalid_json_line", f"Line {number} is not a JSON object.", None
-        custom_id = data.get("custom_id")
-        if not isinstance(custom_id, str) or not custom_id:
-            return (
-                "missing_required_parameter",
-                "Missing required parameter: 'custom_id'.",
-                ("custom_id"),
-            )
-        if custom_id in seen:
-            return (
-                "duplicate_custom_id",
-                (f"The custom_id '{custom_id}' is used more than once in this file."),
-                "custom_id",
-            )
-        if data.get("method") != "POST":
-            return "invalid_request", "Only POST requests are supported.", "method"
-        if data.get("url") != batch.endpoint:
-            return (
-                "invalid_url",
-                (
-                    f"The url '{data.get('url')}' does not match the batch endpoint "
-                    f"'{batch.endpoint}'."
-                ),
-                "url",
-            )
-        body = data.get("body")
-        if not isinstance(body, dict):
-            return "missing_required_parameter", "Missing required parameter: 'body'.", "body"
-        if "messages" not in body:
-            return (
-                "missing_required_parameter",
-                "Missing required parameter: 'messages'.",
-                ("body.messages"),
-            )
-        if not chat_messages(body):
-            return (
-                "invalid_request",
-                "Invalid 'messages': expected a non-empty array.",
-                ("body.messages"),
-            )
-        if body.get("stream"):
-            return (
-                "streaming_unsupported",
-                "Streaming is not supported in the Batch API.",
-                ("body.stream"),
-            )
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return (
-                "missing_required_parameter",
-                "Missing required parameter: 'model'.",
-                ("body.model"),
-            )
-        if not model_matches(model, self.config.supported_models):
-            return (
-                "model_not_found",
-                (f"The model '{model}' does not exist or you do not have access to it."),
-                "body.model",
-            )
-        if models and model not in models:
-            return (
-                "mismatched_model",
-                (
-                    f"The model '{model}' differs from the batch's model '{next(iter(models))}'; "
-                    "a batch takes one model."
-                ),
-                "body.model",
-            )
-        models.add(model)
-        return None
 
     def _fail(
         self,
@@ -594,9 +455,9 @@ class OpenAIEmulatorState:
                 continue
             if line.state == "succeeded":
                 if status != "cancelled" or self.config.cancel_output_file:
-                    output.append(self._row(batch, line))
+                    output.append(result_row(batch, line))
             else:
-                errors.append(self._row(batch, line))
+                errors.append(result_row(batch, line))
         if self.config.shuffle_results:
             rng = random.Random(f"{self.config.seed}/{batch.id}")
             rng.shuffle(output)
@@ -620,155 +481,3 @@ class OpenAIEmulatorState:
         )
         self.files[stored.id] = stored
         return stored.id
-
-    def _row(self, batch: Batch, line: Line) -> dict[str, Any]:
-        digest = hashlib.sha256(f"{batch.id}/{line.custom_id}".encode()).hexdigest()
-        row_id = f"batch_req_{digest[:32]}"
-        request_id = f"req_{digest[32:64]}" if line.number % 2 else str(uuid.UUID(digest[:32]))
-        if line.state == "succeeded":
-            response = {"status_code": 200, "request_id": request_id, "body": line.completion}
-            return {"id": row_id, "custom_id": line.custom_id, "response": response, "error": None}
-        if line.state in ("cancelled", "expired"):
-            code = f"batch_{line.state}"
-            message = CANCELLED_MESSAGE if line.state == "cancelled" else EXPIRED_MESSAGE
-            return {
-                "id": row_id,
-                "custom_id": line.custom_id,
-                "response": None,
-                "error": {"code": code, "message": message},
-            }
-        body = {
-            "error": {
-                "message": line.error or "Invalid request.",
-                "type": "invalid_request_error",
-                "param": None,
-                "code": None,
-            }
-        }
-        response = {"status_code": 400, "request_id": request_id, "body": body}
-        return {"id": row_id, "custom_id": line.custom_id, "response": response, "error": None}
-
-    # -- views ---------------------------------------------------------------------------------
-    def _view(self, batch: Batch) -> dict[str, Any]:
-        cfg = self.config
-        counts = {"total": 0, "completed": 0, "failed": 0}
-        usage = {"input": 0, "cached": 0, "output": 0, "reasoning": 0}
-        if batch.status not in ("validating", "failed"):
-            counts["total"] = len(batch.lines)
-            for line in batch.lines:
-                if line.state == "succeeded":
-                    counts["completed"] += 1
-                    line_usage = (line.completion or {}).get("usage") or {}
-                    usage["input"] += _int(line_usage.get("prompt_tokens"))
-                    usage["output"] += _int(line_usage.get("completion_tokens"))
-                    details = line_usage.get("prompt_tokens_details") or {}
-                    usage["cached"] += _int(details.get("cached_tokens"))
-                    reasoning = line_usage.get("completion_tokens_details") or {}
-                    usage["reasoning"] += _int(reasoning.get("reasoning_tokens"))
-                elif line.state == "failed":
-                    counts["failed"] += 1
-        if batch.status == "cancelled" and cfg.cancel_counts_zero:
-            counts["completed"] = counts["failed"] = 0
-        absent: str | None = "" if cfg.empty_file_id and batch.seq % 2 == 0 else None
-        terminal = batch.status in ("completed", "cancelled", "expired")
-        view: dict[str, Any] = {
-            "id": batch.id,
-            "object": "batch",
-            "endpoint": batch.endpoint,
-            "model": batch.model or None,
-            "errors": (
-                {"object": "list", "data": [dict(e) for e in batch.errors]}
-                if batch.errors
-                else None
-            ),
-            "input_file_id": batch.input_file_id,
-            "completion_window": "24h",
-            "status": batch.status,
-            "output_file_id": batch.output_file_id or (absent if terminal else None),
-            "error_file_id": batch.error_file_id or (absent if terminal else None),
-            "created_at": int(batch.created_at),
-            "in_progress_at": _at(batch, "in_progress_at"),
-            "expires_at": int(batch.expires_at),
-            "finalizing_at": _at(batch, "finalizing_at"),
-            "completed_at": _at(batch, "completed_at"),
-            "failed_at": _at(batch, "failed_at"),
-            "expired_at": _at(batch, "expired_at"),
-            "cancelling_at": _at(batch, "cancelling_at"),
-            "cancelled_at": _at(batch, "cancelled_at"),
-            "request_counts": counts,
-            "metadata": dict(batch.metadata) or None,
-        }
-        if cfg.batch_usage:
-            view["usage"] = {
-                "input_tokens": usage["input"],
-                "input_tokens_details": {"cached_tokens": usage["cached"]},
-                "output_tokens": usage["output"],
-                "output_tokens_details": {"reasoning_tokens": usage["reasoning"]},
-                "total_tokens": usage["input"] + usage["output"],
-            }
-        return view
-
-
-def openai_shape(completion: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-    """xAI's completion payload as OpenAI's: reasoning inside ``completion_tokens``, no cost,
-    no ``reasoning_content``; a reasoning model (gpt-5, o-series) reports reasoning tokens."""
-    shaped = copy.deepcopy(completion)
-    usage = shaped.get("usage") or {}
-    usage.pop("cost_in_usd_ticks", None)
-    usage.pop("num_sources_used", None)
-    shaped.pop("citations", None)
-    for choice in shaped.get("choices") or []:
-        if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
-            choice["message"].pop("reasoning_content", None)
-    model = str(body.get("model", ""))
-    details = usage.get("completion_tokens_details")
-    if isinstance(details, dict) and isinstance(usage.get("completion_tokens"), int):
-        reasoning = 0
-        if model.startswith(("gpt-5", "o3", "o4")):
-            texts = [str(m.get("content")) for m in chat_messages(body)]
-            reasoning = 64 + len("".join(texts)) // 8
-        details["reasoning_tokens"] = reasoning
-        details.setdefault("accepted_prediction_tokens", 0)
-        details.setdefault("rejected_prediction_tokens", 0)
-        usage["completion_tokens"] += reasoning
-        if isinstance(usage.get("prompt_tokens"), int):
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    shaped["service_tier"] = "default"
-    return shaped
-
-
-def _at(batch: Batch, key: str) -> int | None:
-    value = batch.times.get(key)
-    return None if value is None else int(value)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _limit(query: dict[str, str], default: int, maximum: int) -> int:
-    if "limit" not in query:
-        return default
-    try:
-        limit = int(query["limit"])
-    except ValueError as exc:
-        raise OpenAIApiError(400, "Invalid 'limit': expected an integer.", param="limit") from exc
-    if not 1 <= limit <= maximum:
-        raise OpenAIApiError(
-            400, f"Invalid 'limit': must be between 1 and {maximum}.", param="limit"
-        )
-    return limit
-
-
-def _check_metadata(metadata: Any) -> None:
-    if not isinstance(metadata, dict):
-        raise OpenAIApiError(400, "Invalid 'metadata': expected an object.", param="metadata")
-    if len(metadata) > 16:
-        raise OpenAIApiError(400, "Invalid 'metadata': at most 16 pairs.", param="metadata")
-    for key, value in metadata.items():
-        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
-            raise OpenAIApiError(
-                400,
-                "Invalid 'metadata': keys up to 64 characters, string values up to 512.",
-                param="metadata",
-            )
