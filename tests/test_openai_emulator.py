@@ -523,3 +523,14 @@ def test_the_command_takes_any_config_field() -> None:
     assert options.port == 8766 and options.profile == "fast"
     values = parse_settings(['endless_pagination=["list_batches"]'], OpenAIEmulatorConfig)
     assert values == {"endless_pagination": ("list_batches",)}
+
+
+def test_files_are_deleted_after_thirty_days(emu: Any, strategy: OpenAIStrategy) -> None:
+    api = Api(emu)
+    created = api.batch([line("a")])
+    done = api.poll(created["id"], until=("completed",))[-1]
+    assert len(list(strategy.iter_result_pages(created["id"]))) == 1
+    emu.state.advance(30 * 86400 + 1)
+    assert api.get(f"/files/{done['output_file_id']}").status_code == 404
+    with pytest.raises(ProviderNotFound):
+        list(strategy.iter_result_pages(created["id"]))

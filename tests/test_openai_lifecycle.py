@@ -350,3 +350,25 @@ def test_transient_faults_everywhere_still_give_every_result_once(openai_emulato
         if b.metadata.get("raif_batch_name") == batch.provider_batch_name
     ]
     assert [b.id for b in ours] == [batch.provider_batch_id]
+
+
+def test_unreadable_result_lines_are_skipped_and_the_lines_fail(openai_emulator: Any) -> None:
+    body = b'not json\r\n{"custom_id": null}\n\n[1, 2]\n{"id": "batch_req_1"}'
+    openai_emulator.add_fault(Fault("list_results", "raw", status=200, raw_body=body, times=None))
+    batch = run_to_end(make_openai_batch(2))
+
+    assert batch.status == "ended" and batch.results_fetched_at is not None
+    assert set(outcomes(batch).values()) == {("failed", "entry missing")}
+    assert not batch.total_cost
+
+
+def test_results_gone_fail_the_lines_after_the_attempts(
+    openai_emulator: Any, settings: Any
+) -> None:
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "RESULTS_GONE_ATTEMPTS": 1}
+    openai_emulator.config.results_gone_status = 404
+    batch = run_to_end(make_openai_batch(2))
+
+    assert batch.status == "ended"
+    assert set(outcomes(batch).values()) == {("failed", "results unavailable")}
+    assert batch.failure_error == "results unavailable"

@@ -10,37 +10,31 @@ Everything is lazy, as in xAI's state: a batch moves on (validation, progress, f
 end of a cancel, expiry) only when a call observes it, from the emulator clock and the number of
 reads, so tests are deterministic and jump in time with :meth:`OpenAIEmulatorState.advance`.
 
-The default config plays the fact sheet (``shared/openai-batch-api.md``); every quirk is a switch:
+The default config plays the fact sheet (``shared/openai-batch-api.md``).
 
-============================================  ===================================  ==========
-quirk                                         switch                               fast
-============================================  ===================================  ==========
-``validating`` for some reads, counts 0        ``validation_reads`` (2)             0
-validation fails the whole batch (codes)      always (one bad line, first wins)    same
-a nonexistent input file is accepted, then    always                               same
-it fails validation
-``finalizing`` with counts at 100%            ``finalizing_reads`` (1)             0
-lines finish over several reads               ``share_per_read`` (0.25) /          off
-                                              ``requests_per_read`` /
-                                              ``seconds_per_request``
-all lines failed -> ``completed``,            always                               same
-``output_file_id: null``
-``""`` for an absent file id                  ``empty_file_id`` (every other batch)  off
-``cancelling`` for some reads                 ``cancel_reads`` (1)                 0
-after a cancel, counters read ``{total,0,0}``  ``cancel_counts_zero`` (True)       off
-a completed line in neither file after a      ``cancel_loses_lines`` (1)           0
-cancel
-cancel keeps finished lines in the output     ``cancel_output_file`` (True; False:  same
-file (reference) or only an error file        observed, only the error file)
-expiry after 24 h, the rest ``batch_expired``  ``expire_after_seconds`` (86400)    same
-enqueued-token limit -> created, then failed  ``enqueued_token_limit`` (2,000,000)  off
-result rows in any order                      ``shuffle_results`` (True)           off
-``request_id`` as ``req_…`` or a UUID          alternating                          same
-usage on the batch (successful rows only)     ``batch_usage`` (True)               same
-409 on cancel of a finished batch, 401        always                               same
-``invalid_api_key``, 404 unknown batch
-2,000 creates per hour, then 429              ``max_creates_per_hour`` (2000)      same
-============================================  ===================================  ==========
+Each quirk, its switch (default; fast profile):
+
+- ``validating`` for some reads, counts all 0: ``validation_reads`` (2; 0).
+- validation fails the whole batch at its first bad line (``errors.data``: code, line, message),
+  and a nonexistent input file is accepted by create and fails there: always.
+- ``finalizing`` with counts at 100%: ``finalizing_reads`` (1; 0).
+- lines finish over several reads: ``share_per_read`` (0.25; off), or ``requests_per_read`` /
+  ``seconds_per_request``.
+- every line failed: ``completed`` with ``output_file_id: null``: always.
+- ``""`` for an absent file id, on every other batch: ``empty_file_id`` (True; off).
+- ``cancelling`` for some reads: ``cancel_reads`` (1; 0).
+- after a cancel the counters read ``{total, 0, 0}``: ``cancel_counts_zero`` (True; off).
+- a completed line of a cancelled batch in neither file: ``cancel_loses_lines`` (1; 0).
+- finished lines of a cancelled batch in an output file (the reference), or only an error file
+  (observed): ``cancel_output_file`` (True; True).
+- expiry after 24 h, unfinished lines ``batch_expired``: ``expire_after_seconds`` (86400).
+- the enqueued-token limit: created, then ``failed`` ``token_limit_exceeded``:
+  ``enqueued_token_limit`` (2,000,000 prompt tokens per model; off).
+- result rows in any order: ``shuffle_results`` (True; off).
+- ``request_id`` as ``req_…`` or a UUID, alternately; files deleted after 30 days (then 404);
+  409 on cancel of a finished batch; 401 ``invalid_api_key``; 404 for an unknown batch: always.
+- usage on the batch (successful rows only): ``batch_usage`` (True; True).
+- 2,000 creates per hour, then 429: ``max_creates_per_hour`` (2000).
 
 Hostile switches, off by default: ``results_gone_status`` (the file content answers 404/410
 once the batch has ended), ``page_overflow`` (list pages longer than asked),

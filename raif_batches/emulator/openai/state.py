@@ -155,7 +155,12 @@ class OpenAIEmulatorState:
             return RawAnswer(stored.content, "application/octet-stream")
 
     def _file(self, file_id: str) -> StoredFile:
+        """A stored file; one past its ``expires_at`` (30 days: input and result files alike)
+        is deleted, as OpenAI deletes it."""
         stored = self.files.get(file_id)
+        if stored is not None and stored.expires_at is not None and self.now() >= stored.expires_at:
+            del self.files[file_id]
+            stored = None
         if stored is None:
             raise OpenAIApiError(404, f"No such File object: {file_id}", param="id")
         return stored
