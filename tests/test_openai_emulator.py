@@ -534,3 +534,26 @@ def test_files_are_deleted_after_thirty_days(emu: Any, strategy: OpenAIStrategy)
     assert api.get(f"/files/{done['output_file_id']}").status_code == 404
     with pytest.raises(ProviderNotFound):
         list(strategy.iter_result_pages(created["id"]))
+
+
+def test_a_list_whose_cursor_does_not_move_is_an_incomplete_read(
+    emu: Any, strategy: OpenAIStrategy
+) -> None:
+    for i in range(101):  # two pages of 100
+        emu.state.create_batch(
+            {
+                "input_file_id": "file-x",
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "metadata": {"raif_batch_name": f"n{i}"},
+            }
+        )
+    emu.add_fault(Fault("list_batches", "repeat_page", times=None))
+    ghost = [LostCreate(name="ghost", request_count=1, attempted_at=datetime.now(UTC))]
+    listing = strategy.find_provider_batches(ghost, created_after=None)
+    assert not listing.complete and "cursor" in listing.stopped_because
+    # A name on the page is still found, once, though the page comes again.
+    both = [*ghost, LostCreate(name="n100", request_count=1, attempted_at=datetime.now(UTC))]
+    found = strategy.find_provider_batches(both, created_after=None)
+    assert len(found.found["n100"]) == 1 and not found.complete
+    assert emu.state.count_calls("list_batches") == 4

@@ -41,6 +41,7 @@ from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from time import monotonic
 from typing import IO, Any
+from urllib.parse import quote
 
 import requests
 
@@ -459,7 +460,11 @@ class OpenAIStrategy(BatchStrategy):
             for item in items:
                 name = _dict(item.get("metadata")).get(NAME_KEY)
                 if isinstance(name, str) and name in wanted:
-                    found.setdefault(name, []).append(parse_batch(item))
+                    snapshot = parse_batch(item)
+                    listed = found.setdefault(name, [])
+                    # A page served twice must not make one batch look like two.
+                    if all(s.provider_batch_id != snapshot.provider_batch_id for s in listed):
+                        listed.append(snapshot)
                 created = parse_time(item.get("created_at"))
                 if created_after is not None and created is not None and created < created_after:
                     older += 1
@@ -469,11 +474,13 @@ class OpenAIStrategy(BatchStrategy):
             if items and older == len(items):
                 return listing  # the rest of the list is older than any create we look for
             last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
-            if answer.get("has_more") is not True or not items or not last:
+            if answer.get("has_more") is not True or not items:
                 return listing
-            if last in seen_after:
+            if not last or last in seen_after:
+                # More is promised but cannot be reached: a name not found proves nothing.
+                why = "repeated" if last else "missing"
                 return dataclasses.replace(
-                    listing, complete=False, stopped_because="the list's cursor repeated"
+                    listing, complete=False, stopped_because=f"the list's cursor was {why}"
                 )
             seen_after.add(last)
             after = last
@@ -495,7 +502,10 @@ class OpenAIStrategy(BatchStrategy):
 
     def _get_batch(self, provider_batch_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self.client.request(
-            "GET", f"/batches/{provider_batch_id}", idempotent=True, expect=json_object("id")
+            "GET",
+            f"/batches/{quote(provider_batch_id, safe='')}",
+            idempotent=True,
+            expect=json_object("id"),
         )
         return answer
 
@@ -505,7 +515,7 @@ class OpenAIStrategy(BatchStrategy):
         return parse_batch(
             self.client.request(
                 "POST",
-                f"/batches/{provider_batch_id}/cancel",
+                f"/batches/{quote(provider_batch_id, safe='')}/cancel",
                 idempotent=True,
                 expect=json_object("id"),
             )
@@ -526,7 +536,7 @@ class OpenAIStrategy(BatchStrategy):
             if file is None:
                 continue
             with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as sink:
-                written = self.client.download(f"/files/{file}/content", sink)
+                written = self.client.download(f"/files/{quote(file, safe='')}/content", sink)
                 logger.info("OpenAI batch %s: %s is %d bytes", provider_batch_id, key, written)
                 page: list[ResultEntry] = []
                 for line in iter_jsonl(sink):

@@ -256,7 +256,7 @@ class OpenAIEmulatorState:
     ) -> dict[str, Any]:
         """Cursor pagination: ``after`` is the id of the last item already seen."""
         start = 0
-        if after:
+        if after and bend != "repeat_page":  # that fault: the cursor is ignored
             ids = [item["id"] for item in items]
             start = ids.index(after) + 1 if after in ids else len(items)
         if endless and start >= len(items):
@@ -265,8 +265,6 @@ class OpenAIEmulatorState:
         page = items[start : start + size]
         more = start + size < len(items)
         last = page[-1]["id"] if page else None
-        if bend == "repeat_page" and page:
-            last, more = after, True
         if endless:
             more = True
         return {
