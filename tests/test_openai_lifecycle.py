@@ -372,3 +372,61 @@ def test_results_gone_fail_the_lines_after_the_attempts(
     assert batch.status == "ended"
     assert set(outcomes(batch).values()) == {("failed", "results unavailable")}
     assert batch.failure_error == "results unavailable"
+
+
+def test_each_line_is_sent_as_the_exact_chat_completions_body(openai_emulator: Any) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup",
+                "description": "Find a ticket",
+                "parameters": {"type": "object", "properties": {"id": {"type": "integer"}}},
+            },
+        }
+    ]
+    batch = create_batch(
+        provider="openai",
+        model="gpt-4.1-mini",
+        requests=[
+            {
+                "custom_id": "t-1",
+                "messages": user("Hi"),
+                "temperature": 0.3,
+                "max_tokens": 50,
+                "response_format": {"type": "json_object"},
+                "reasoning_effort": "low",
+            },
+            {
+                "custom_id": "t-2",
+                "messages": user("Look up [[emulator:tool-call]]"),
+                "tools": tools,
+            },
+        ],
+    )
+    submit([batch.pk])
+    batch.refresh_from_db()
+    uploaded = openai_emulator.state.files[batch.input_file_id].content
+    sent = [json.loads(raw) for raw in uploaded.splitlines() if raw]
+    assert sent[0] == {
+        "custom_id": "t-1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": "gpt-4.1-mini",
+            "messages": user("Hi"),
+            "temperature": 0.3,
+            "max_tokens": 50,
+            "response_format": {"type": "json_object"},
+            "reasoning_effort": "low",
+        },
+    }
+    assert sent[1]["body"]["tools"] == tools
+
+    batch = run_to_end(batch)
+    first = batch.completions.get(batch_custom_id="t-1")
+    assert first.status == "completed" and isinstance(first.response_json, dict)
+    assert not first.reasoning_tokens  # gpt-4.1 does not reason
+    second = batch.completions.get(batch_custom_id="t-2")
+    assert second.finish_reason == "tool_calls"
+    assert second.response_tool_calls[0]["function"]["name"] == "lookup"
