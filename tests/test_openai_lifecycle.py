@@ -230,7 +230,8 @@ def test_lost_create_answer_is_adopted_by_metadata(openai_emulator: Any) -> None
     assert len(openai_emulator.state.batches) == 1
     batch = run_to_end(batch)
     (remote,) = openai_emulator.state.batches.values()
-    assert batch.provider_batch_id == remote.id
+    assert batch.provider_batch_id == remote.id == remote.batch_id
+    assert remote.name == batch.provider_batch_name
     assert set(outcomes(batch).values()) == {("completed", "")}
 
 

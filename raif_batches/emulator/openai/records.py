@@ -68,5 +68,16 @@ class Batch:
     systems_seen: set[str] = field(default_factory=set)  # for prompt-cache hits
 
     @property
+    def name(self) -> str:
+        """The local batch's unique name from the metadata: what tests shared with xAI's
+        emulator read as ``batch.name``."""
+        return str(self.metadata.get("raif_batch_name", ""))
+
+    @property
+    def batch_id(self) -> str:
+        """``id``, under the name xAI's emulator uses."""
+        return self.id
+
+    @property
     def custom_ids(self) -> list[str]:
         return [line.custom_id for line in self.lines]
