@@ -63,6 +63,77 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.20",
         "max_reasoning_tokens": 0,
     },
+    # --- OpenAI (provider "openai") ------------------------------------------------------------
+    # OpenAI's published synchronous list prices (USD per million tokens) as known on
+    # 2026-12-02, not re-checked since (no internet here); the Batch API takes 50% off every
+    # token type, cached input included. Settings (RAIF_BATCHES["PRICING"]) override them.
+    "gpt-5": {
+        "input": "1.25",
+        "cached_input": "0.125",
+        "output": "10.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-5-*": {
+        "input": "1.25",
+        "cached_input": "0.125",
+        "output": "10.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-5-mini*": {
+        "input": "0.25",
+        "cached_input": "0.025",
+        "output": "2.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-5-nano*": {
+        "input": "0.05",
+        "cached_input": "0.005",
+        "output": "0.40",
+        "batch_discount": "0.50",
+    },
+    "gpt-4.1": {
+        "input": "2.00",
+        "cached_input": "0.50",
+        "output": "8.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-4.1-2*": {
+        "input": "2.00",
+        "cached_input": "0.50",
+        "output": "8.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-4.1-mini*": {
+        "input": "0.40",
+        "cached_input": "0.10",
+        "output": "1.60",
+        "batch_discount": "0.50",
+    },
+    "gpt-4.1-nano*": {
+        "input": "0.10",
+        "cached_input": "0.025",
+        "output": "0.40",
+        "batch_discount": "0.50",
+    },
+    "gpt-4o": {
+        "input": "2.50",
+        "cached_input": "1.25",
+        "output": "10.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-4o-2*": {
+        "input": "2.50",
+        "cached_input": "1.25",
+        "output": "10.00",
+        "batch_discount": "0.50",
+    },
+    "gpt-4o-mini*": {
+        "input": "0.15",
+        "cached_input": "0.075",
+        "output": "0.60",
+        "batch_discount": "0.50",
+    },
+    # --- end of OpenAI ---------------------------------------------------------------------------
 }
 PRICE_KEYS = (
     "input",
