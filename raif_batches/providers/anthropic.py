@@ -320,6 +320,10 @@ def parse_result_line(item: dict[str, Any], custom_id: str) -> ResultEntry:
             error="The batch expired before this request ran.",
             not_run="expired",
         )
+    if kind is None:
+        return ResultEntry(
+            custom_id=custom_id, error="The provider's line for this request carries no result."
+        )
     return ResultEntry(
         custom_id=custom_id,
         error=f"The provider returned an unknown result type {str(kind)[:40]!r}.",
