@@ -307,9 +307,11 @@ class AnthropicEmulatorState:
 
     def pick_fault(self, endpoint: str) -> Fault | None:
         with self._lock:
-            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
-                endpoint
-            )
+            transient = self._faults.transient(self.config.transient_failure_rate)
+            if transient is not None and transient.kind == "status":
+                # The shared book writes xAI's body; the server then writes Anthropic's.
+                transient = Fault(None, "status", status=transient.status)
+            return transient or self._faults.pick(endpoint)
 
     # -- batches -------------------------------------------------------------------------------
     def create_batch(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -460,7 +462,7 @@ class AnthropicEmulatorState:
             if self.now() >= batch.created_at + cfg.retention_seconds:
                 raise AnthropicApiError(404, f"Message Batch {batch_id} has no available results.")
             entries = [
-                json.dumps({"custom_id": line.custom_id, "result": line.result}).encode()
+                json.dumps({"custom_id": line.custom_id, "result": self._served(line)}).encode()
                 for line in batch.lines
                 if line.result is not None and line.custom_id not in cfg.missing_result_ids
             ]
@@ -479,6 +481,17 @@ class AnthropicEmulatorState:
                 if cfg.blank_result_lines and not last:
                     out += b"\n"
             return bytes(out)
+
+    def _served(self, line: Line) -> dict[str, Any] | None:
+        """A line's result as served: ``flat_errors`` flattens the nested error envelope."""
+        result = line.result
+        if self.config.flat_errors and result is not None and result["type"] == "errored":
+            inner = result["error"]["error"]
+            return {
+                "type": "errored",
+                "error": {"type": inner["type"], "message": inner["message"]},
+            }
+        return result
 
     def retry_after(self, batch_id: str) -> float | None:
         with self._lock:
@@ -590,8 +603,6 @@ class AnthropicEmulatorState:
         return None
 
     def _errored(self, error_type: str, message: str) -> dict[str, Any]:
-        if self.config.flat_errors:
-            return {"type": "errored", "error": {"type": error_type, "message": message}}
         return {
             "type": "errored",
             "error": {
