@@ -16,7 +16,7 @@ from raif_batches import create_batch
 from raif_batches.emulator import Fault
 from raif_batches.exceptions import InvalidBatchRequest
 from raif_batches.lifecycle import submission
-from raif_batches.models import ModelCompletionBatch
+from raif_batches.models import ModelCompletion, ModelCompletionBatch
 from raif_batches.polling import poll, submit
 from raif_batches.providers import get_strategy
 
@@ -439,3 +439,91 @@ def test_every_call_carries_the_key_and_the_version(anthropic_emulator: Any, set
     batch.refresh_from_db()
     assert batch.status == "pending" and batch.failure_error == "API key rejected"
     assert anthropic_emulator.state.batches == {}
+
+
+def test_results_gone_fail_the_lines_after_the_attempts(
+    anthropic_emulator: Any, settings: Any
+) -> None:
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "RESULTS_GONE_ATTEMPTS": 2}
+    anthropic_emulator.config.results_gone_status = 404
+    batch = run_to_end(batch_of([ask("g-1", "Hi"), ask("g-2", "Hello")]))
+    assert batch.status == "ended"
+    assert anthropic_emulator.state.count_calls("list_results") == 2
+    assert set(batch.completions.values_list("status", flat=True)) == {"failed"}
+
+
+def test_a_line_missing_from_the_results_is_failed(anthropic_emulator: Any) -> None:
+    anthropic_emulator.config.missing_result_ids = {"m-2"}
+    batch = run_to_end(batch_of([ask("m-1", "Hi"), ask("m-2", "Hello")]))
+    assert batch.completions.get(batch_custom_id="m-1").status == "completed"
+    missing = batch.completions.get(batch_custom_id="m-2")
+    assert missing.status == "failed" and missing.failure_reason
+
+
+@pytest.mark.parametrize("live_counts", [False, True])
+def test_counts_zero_until_the_end_or_live_read_the_same(
+    anthropic_emulator: Any, live_counts: bool
+) -> None:
+    anthropic_emulator.config.live_counts = live_counts
+    batch = batch_of([ask(f"v-{i}", f"Question {i}") for i in range(8)])
+    submit([batch.pk])
+    poll([batch.pk], force=True)
+    batch.refresh_from_db()
+    assert batch.status == "in_progress"
+    assert batch.request_counts["total"] == 8
+    assert batch.request_counts["succeeded"] == (2 if live_counts else 0)
+    batch = run_to_end(batch)
+    assert batch.request_counts["succeeded"] == 8
+
+
+def test_under_transient_failures_one_provider_batch_and_every_line_once(
+    anthropic_emulator: Any,
+) -> None:
+    anthropic_emulator.config.transient_failure_rate = 0.3  # seeded: replays the same way
+    batch = batch_of([ask(f"f-{i}", f"Question {i}") for i in range(6)])
+    for _ in range(20):
+        submit([batch.pk])
+        batch.refresh_from_db()
+        if batch.provider_batch_id:
+            break
+    batch = run_to_end(batch, rounds=200)
+    assert len(anthropic_emulator.state.batches) == 1
+    assert batch.completions.filter(status="completed").count() == 6
+    calls = anthropic_emulator.state.calls
+    assert any(c.status == 503 for c in calls) and any(c.status == 0 for c in calls)
+
+
+def test_the_key_never_shows(settings: Any, caplog: Any) -> None:
+    import logging
+
+    from raif_batches.emulator import run_emulator
+
+    secret = "sk-ant-api03-S3cr3tK3y0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+    caplog.set_level(logging.DEBUG)
+    with run_emulator(api_key=secret, provider="anthropic") as emu:
+        settings.RAIF_BATCHES = {
+            **settings.RAIF_BATCHES,
+            "ANTHROPIC_BASE_URL": emu.base_url,
+            "ANTHROPIC_API_KEY": secret,
+        }
+        emu.add_fault(Fault("create_batch", "accept_then_drop"))
+        emu.add_fault(Fault("get_batch", "drop"))
+        emu.add_fault(Fault("list_results", "status", status=529))
+        batch = run_to_end(batch_of([ask("s-1", "Hi"), ask("s-2", "Hello")]))
+        other = batch_of([ask("s-3", "Hi")])
+        submit([other.pk])
+        other.refresh_from_db()
+        other.cancel()
+        settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "ANTHROPIC_API_KEY": "sk-ant-wrong"}
+        refused = submit([batch_of([ask("s-4", "Hi")]).pk])
+        assert refused.fatal is not None
+        error = refused.fatal
+        texts = [caplog.text, repr(refused.errors), repr(emu.state.calls)]
+        texts += [str(error), repr(error.args), repr(error.payload)]
+        if error.response is not None:
+            texts.append(repr(dict(error.response.request.headers)))
+    texts += [
+        repr(list(model.objects.values())) for model in (ModelCompletionBatch, ModelCompletion)
+    ]
+    assert batch.status == "ended"
+    assert all(secret not in text for text in texts)
