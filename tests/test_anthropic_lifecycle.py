@@ -490,7 +490,7 @@ def test_under_transient_failures_one_provider_batch_and_every_line_once(
     assert len(anthropic_emulator.state.batches) == 1
     assert batch.completions.filter(status="completed").count() == 6
     calls = anthropic_emulator.state.calls
-    assert any(c.status == 503 for c in calls) and any(c.status == 0 for c in calls)
+    assert sum(c.status in (0, 503) for c in calls) >= 2
 
 
 def test_the_key_never_shows(settings: Any, caplog: Any) -> None:
