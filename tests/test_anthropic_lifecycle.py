@@ -479,7 +479,7 @@ def test_counts_zero_until_the_end_or_live_read_the_same(
 def test_under_transient_failures_one_provider_batch_and_every_line_once(
     anthropic_emulator: Any,
 ) -> None:
-    anthropic_emulator.config.transient_failure_rate = 0.3  # seeded: replays the same way
+    anthropic_emulator.config.transient_failure_rate = 0.5  # seeded: replays the same way
     batch = batch_of([ask(f"f-{i}", f"Question {i}") for i in range(6)])
     for _ in range(20):
         submit([batch.pk])
