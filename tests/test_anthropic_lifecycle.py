@@ -285,12 +285,12 @@ def test_a_lost_create_that_did_not_happen_is_created_once_after_reconciliation(
     assert run_to_end(batch).completions.filter(status="completed").count() == 2
 
 
-def _create_directly(emu: Any, count: int) -> str:
+def _create_directly(emu: Any, count: int, ids: list[str] | None = None) -> str:
     """Another user of the workspace creates a batch of ``count`` requests."""
     data = {
         "requests": [
             {
-                "custom_id": f"other-{i}",
+                "custom_id": ids[i] if ids else f"other-{i}",
                 "params": {
                     "model": "claude-haiku-4-5",
                     "max_tokens": 10,
@@ -354,6 +354,44 @@ def test_abandoning_fails_the_batch_and_creates_nothing(
     submit([batch.pk])
     assert anthropic_emulator.state.count_calls("create_batch") == 1
     assert set(batch.completions.values_list("status", flat=True)) == {"failed"}
+
+
+def _end(emu: Any, *batch_ids: str) -> None:
+    for batch_id in batch_ids:
+        while emu.state.get_batch(batch_id)["processing_status"] != "ended":
+            pass
+
+
+def test_ended_candidates_are_told_apart_by_their_custom_ids(
+    anthropic_emulator: Any, ambiguous: tuple[ModelCompletionBatch, str, str]
+) -> None:
+    batch, ours, other = ambiguous
+    _end(anthropic_emulator, ours, other)
+    results_read = anthropic_emulator.state.count_calls("list_results")
+    assert poll([batch.pk], force=True).submitted == [batch.pk]
+    # Both candidates' results were read to compare them (then ours again, harvested).
+    assert anthropic_emulator.state.count_calls("list_results") >= results_read + 2
+    batch = run_to_end(batch)
+    assert batch.provider_batch_id == ours
+    assert batch.completions.filter(status="completed").count() == 2
+    assert anthropic_emulator.state.count_calls("create_batch") == 1
+    assert anthropic_emulator.state.count_calls("cancel_batch") == 0  # the stranger's is left
+
+
+def test_a_strangers_copy_of_the_same_custom_ids_stays_ambiguous(
+    anthropic_emulator: Any,
+) -> None:
+    batch = batch_of([ask("a-1", "Hi"), ask("a-2", "Hello")])
+    anthropic_emulator.add_fault(Fault("create_batch", "accept_then_drop"))
+    submit([batch.pk])
+    (ours,) = anthropic_emulator.state.batches
+    copy = _create_directly(anthropic_emulator, 2, ids=["a-2", "a-1"])
+    _end(anthropic_emulator, ours, copy)
+    assert poll([batch.pk], force=True).submitted == []
+    batch.refresh_from_db()
+    assert batch.failure_error == "lost create ambiguous"
+    assert {c["provider_batch_id"] for c in batch.reconcile_candidates} == {ours, copy}
+    assert anthropic_emulator.state.count_calls("create_batch") == 1
 
 
 def test_a_candidate_already_bound_to_another_batch_is_not_one(anthropic_emulator: Any) -> None:

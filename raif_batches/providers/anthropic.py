@@ -39,16 +39,21 @@ be filtered: a create whose answer was lost can only be matched by **when** it w
 (newest first) back past the earliest attempt and offers every batch created within
 [attempt - margin, end of the call + margin] (:data:`RECONCILE_CLOCK_MARGIN`, the clock
 difference allowed between Anthropic and our database) whose five counts sum to the request
-count. The lifecycle drops candidates another local batch already owns, adopts a single one,
-and holds the batch for the operator when several remain. What stays ambiguous: another user
-of the same workspace creating a batch of the same size within the window. The custom ids
-cannot settle it here without changing what users see (they are the users' own ids, up to the
-64 characters Anthropic allows, so no batch marker fits beside them); the operator can compare
-the candidates' results by custom id once they end.
+count. When several fit and every one of them has ended, their results are read and the
+one whose custom ids are exactly our batch's is the only candidate kept (a batch our create
+made holds exactly our ids). The lifecycle drops candidates another local batch already owns,
+adopts a single one, and holds the batch for the operator when several remain.
+
+What stays ambiguous: candidates still running (they are compared once they end: the batch is
+held meanwhile, and each later run looks again), and a stranger in the same workspace who
+sends the same custom ids in a batch of the same size within the window. The custom ids are
+not made unique to the batch: they are the users' own ids, up to the 64 characters Anthropic
+allows, so no batch marker fits beside them without changing what users see.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -96,6 +101,8 @@ FINISH_REASONS = {
     "refusal": "content_filter",
     "model_context_window_exceeded": "length",
 }
+#: The normalised statuses of an ended batch, whose results can be read.
+ENDED = frozenset({"ended", "canceled", "expired"})
 JSON_OBJECT_INSTRUCTION = (
     "Answer with a single valid JSON object and nothing else: no prose, no code fences."
 )
@@ -606,9 +613,74 @@ class AnthropicStrategy(BatchStrategy):
 
         The list is newest first: it is read back until a whole page is older than every
         window (and than ``created_after``), and bounded by RECONCILE_MAX_PAGES /
-        RECONCILE_MAX_SECONDS (then ``complete=False``). Every candidate is returned; the
+        RECONCILE_MAX_SECONDS (then ``complete=False``). Several candidates for one create
+        are narrowed by their custom ids once every one of them has ended
+        (:meth:`_narrow_by_custom_ids`); otherwise every candidate is returned and the
         lifecycle decides (see the module docstring).
         """
+        listing = self._list_candidates(lost, created_after=created_after)
+        found = {
+            name: self._narrow_by_custom_ids(name, candidates)
+            for name, candidates in listing.found.items()
+        }
+        return dataclasses.replace(listing, found=found)
+
+    def _narrow_by_custom_ids(
+        self, name: str, candidates: tuple[BatchSnapshot, ...]
+    ) -> tuple[BatchSnapshot, ...]:
+        """The one candidate whose results carry exactly our batch's custom ids, when all
+        the candidates have ended and their results could be read; else all of them.
+
+        A batch our create made holds exactly our custom ids, so when exactly one candidate
+        does, it is ours. Anything less certain (a candidate still running, results that
+        cannot be read, no match, or several: a stranger's copy of the same requests) changes
+        nothing: the operator is shown every candidate. Never raises.
+        """
+        if len(candidates) < 2 or any(c.status not in ENDED for c in candidates):
+            return candidates
+        wanted = self._local_custom_ids(name)
+        if wanted is None:
+            return candidates
+        matching = []
+        for candidate in candidates:
+            served = self._result_custom_ids(candidate.provider_batch_id)
+            if served is None:
+                return candidates
+            if served == wanted:
+                matching.append(candidate)
+        if len(matching) == 1:
+            logger.warning(
+                "Lost create %s: provider batch %s alone holds its %d custom ids",
+                name,
+                matching[0].provider_batch_id,
+                len(wanted),
+            )
+            return tuple(matching)
+        return candidates
+
+    def _local_custom_ids(self, name: str) -> set[str] | None:
+        """The custom ids of the local batch a lost create was for (a read, never a write)."""
+        ids = set(
+            ModelCompletion.objects.filter(
+                batch__provider=self.provider, batch__provider_batch_name=name
+            ).values_list("batch_custom_id", flat=True)
+        )
+        return ids or None
+
+    def _result_custom_ids(self, provider_batch_id: str) -> set[str] | None:
+        """The custom ids a batch's results carry; None when they cannot be read."""
+        ids: set[str] = set()
+        try:
+            for page in self._result_pages(provider_batch_id):
+                ids.update(entry.custom_id for entry in page)
+        except ProviderError as error:
+            logger.warning("Results of candidate %s unreadable: %s", provider_batch_id, error)
+            return None
+        return ids
+
+    def _list_candidates(
+        self, lost: Collection[LostCreate], *, created_after: datetime | None
+    ) -> BatchListing:
         wanted = frozenset(create.name for create in lost)
         windows = {create.name: self._window(create) for create in lost}
         earliest = min((start for start, _ in windows.values()), default=None)
