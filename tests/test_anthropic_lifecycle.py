@@ -565,3 +565,54 @@ def test_the_key_never_shows(settings: Any, caplog: Any) -> None:
     ]
     assert batch.status == "ended"
     assert all(secret not in text for text in texts)
+
+
+def test_structured_output_through_the_system_instruction(anthropic_emulator: Any) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["billing", "delivery"]}},
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    batch = run_to_end(
+        batch_of(
+            [
+                ask("j-1", "My parcel is late", response_format=response_format),
+                ask("j-2", "Late [[emulator:invalid-json]]", response_format=response_format),
+            ]
+        )
+    )
+    good = batch.completions.get(batch_custom_id="j-1")
+    assert good.status == "completed"
+    assert good.response_json["label"] in ("billing", "delivery")
+    bad = batch.completions.get(batch_custom_id="j-2")
+    assert bad.status == "failed" and bad.failure_error == "invalid JSON answer"
+    assert bad.total_cost is not None  # paid for, kept
+    sent = next(iter(anthropic_emulator.state.batches.values())).lines[0].params
+    assert "response_format" not in sent and "JSON schema" in sent["system"]
+
+
+def test_a_batch_past_its_max_age_is_cancelled_and_ends_expired(
+    anthropic_emulator: Any, settings: Any
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_BATCH_AGE": 3600}
+    anthropic_emulator.config.share_per_read = 0.0
+    anthropic_emulator.config.requests_per_read = 2
+    batch = batch_of([ask(f"d-{i}", f"Question {i}") for i in range(6)])
+    submit([batch.pk])
+    poll([batch.pk], force=True)  # two lines done
+    then = timezone.now() - timedelta(seconds=3601)
+    ModelCompletionBatch.objects.filter(pk=batch.pk).update(created_at=then, submitted_at=then)
+    report = poll([batch.pk], force=True)
+    assert report.cancelled_for_age == [batch.pk]
+    batch = run_to_end(batch)
+    assert batch.status == "expired" and batch.failure_error == "max age exceeded"
+    # Two done before, one in flight that still finished; the rest never ran.
+    assert batch.completions.filter(status="completed").count() == 3
+    failed = batch.completions.filter(status="failed")
+    assert set(failed.values_list("failure_error", flat=True)) == {"request expired"}
+    assert failed.count() == 3
+    assert anthropic_emulator.state.count_calls("cancel_batch") == 1

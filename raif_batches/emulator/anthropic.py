@@ -35,7 +35,9 @@ Hostile switches, off by default: ``results_gone_status``, ``page_overflow``,
 ``blank_result_lines``, ``garbage_result_lines``.
 
 Answers come from :func:`.completions.complete` (its ``[[emulator:...]]`` markers work: an error
-marker makes an ``errored`` line), reshaped to a Messages response. Prompt caching: a system
+marker makes an ``errored`` line), reshaped to a Messages response. A system prompt asking for
+a JSON object (the wording the client turns ``response_format`` into) is answered with JSON,
+following the schema it names. Prompt caching: a system
 prompt or block with ``cache_control`` is written to the cache by the first line of the batch
 that sends it (``cache_creation_input_tokens``, 5-minute or 1-hour by its ``ttl``) and read by the
 later ones (``cache_read_input_tokens``).
@@ -732,6 +734,9 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
                 {"role": str(message.get("role")), "content": _block_text(message.get("content"))}
             )
     body: dict[str, Any] = {"model": params.get("model"), "messages": messages}
+    response_format = json_request(_block_text(system) if system else "")
+    if response_format is not None:
+        body["response_format"] = response_format
     if isinstance(params.get("max_tokens"), int):
         body["max_tokens"] = params["max_tokens"]
     tools = [t for t in params.get("tools") or [] if isinstance(t, dict) and "name" in t]
@@ -744,6 +749,26 @@ def chat_body(params: dict[str, Any]) -> dict[str, Any]:
             for t in tools
         ]
     return body
+
+
+JSON_INSTRUCTION = "Answer with a single valid JSON object"
+SCHEMA_INSTRUCTION = "It must match this JSON schema: "
+
+
+def json_request(system: str) -> dict[str, Any] | None:
+    """A model told in its system prompt to answer JSON (the wording the client's
+    ``response_format`` becomes) answers JSON, following the schema when one is given."""
+    if JSON_INSTRUCTION not in system:
+        return None
+    _, found, rest = system.partition(SCHEMA_INSTRUCTION)
+    if found:
+        try:
+            schema = json.JSONDecoder().raw_decode(rest.strip())[0]
+        except ValueError:
+            schema = None
+        if isinstance(schema, dict):
+            return {"type": "json_schema", "json_schema": {"schema": schema}}
+    return {"type": "json_object"}
 
 
 def cached_prefix(params: dict[str, Any]) -> tuple[str | None, str]:
