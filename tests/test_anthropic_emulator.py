@@ -446,6 +446,9 @@ def test_list_is_newest_first_with_cursors(fast: AnthropicEmulatorServer) -> Non
     assert [b["id"] for b in back["data"]] == [ids[3]]
     default = client.call("GET", "/v1/messages/batches").json()
     assert len(default["data"]) == 5  # default page size 20
+    fast.config.max_page_size = 2
+    clamped = client.call("GET", "/v1/messages/batches", params={"limit": 1000}).json()
+    assert len(clamped["data"]) == 2 and clamped["has_more"] is True
     for limit in (0, 1001):
         bad = client.call("GET", "/v1/messages/batches", params={"limit": limit})
         assert bad.status_code == 400

@@ -616,3 +616,18 @@ def test_a_batch_past_its_max_age_is_cancelled_and_ends_expired(
     assert set(failed.values_list("failure_error", flat=True)) == {"request expired"}
     assert failed.count() == 3
     assert anthropic_emulator.state.count_calls("cancel_batch") == 1
+
+
+def test_reconciliation_reads_every_page_of_the_workspace_list(anthropic_emulator: Any) -> None:
+    """The lost batch is older than a page of other users' batches of the same size."""
+    anthropic_emulator.config.max_page_size = 5
+    batch = batch_of([ask("p-1", "Hi"), ask("p-2", "Hello")])
+    anthropic_emulator.add_fault(Fault("create_batch", "accept_then_drop"))
+    submit([batch.pk])
+    (ours,) = anthropic_emulator.state.batches
+    for _ in range(12):
+        _create_directly(anthropic_emulator, 3)  # another size: never candidates
+    assert poll([batch.pk], force=True).submitted == [batch.pk]
+    assert anthropic_emulator.state.count_calls("list_batches") == 3
+    batch.refresh_from_db()
+    assert batch.provider_batch_id == ours

@@ -67,6 +67,7 @@ from .state import ApiError, Call
 MB = 1024 * 1024
 ANTHROPIC_VERSION = "2023-06-01"
 CUSTOM_ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
+MAX_LIST_LIMIT = 1000  # the list's documented range of ``limit``: 1..1000
 ROUTES: Routes = [
     ("POST", re.compile(r"/v1/messages/batches"), "create_batch"),
     ("GET", re.compile(r"/v1/messages/batches"), "list_batches"),
@@ -163,7 +164,7 @@ class AnthropicEmulatorConfig:
     share_per_read: float = 0.25  # else this share of the batch per GET (at least one line)
     seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
     validation_reads: int = 0  # accepted and ignored: Anthropic has no validation phase
-    max_page_size: int = 1000
+    max_page_size: int = 1000  # larger limits (up to the API's 1000) are served this many
     default_page_size: int = 20
     expire_after_seconds: float = 24 * 3600.0
     retention_seconds: float = 29 * 86400.0  # results kept after created_at
@@ -389,10 +390,11 @@ class AnthropicEmulatorState:
         with self._lock:
             cfg = self.config
             size = cfg.default_page_size if limit is None else limit
-            if not 1 <= size <= cfg.max_page_size:
+            if not 1 <= size <= MAX_LIST_LIMIT:
                 raise AnthropicApiError(
-                    400, f"limit: Input should be between 1 and {cfg.max_page_size}"
+                    400, f"limit: Input should be between 1 and {MAX_LIST_LIMIT}"
                 )
+            size = min(size, cfg.max_page_size)  # a smaller page than asked, as any server may
             ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
             for batch in ordered:
                 self._observe(batch)
