@@ -69,7 +69,9 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
     # cache reads (cached_input), 5-minute cache writes (cache_write, 1.25x input) and 1-hour
     # cache writes (cache_write_1h, 2x input). Message Batches bill all of them at 50%. The
     # prefixes cover the dated names (claude-haiku-4-5-20251001); Sonnet's long-context
-    # (>200K input) rates are not modelled. Settings (RAIF_BATCHES["PRICING"]) override them.
+    # (>200K input) rates are not modelled. Thinking counts inside max_tokens, so the dry-run's
+    # upper bound adds no reasoning (max_reasoning_tokens 0). Settings (RAIF_BATCHES["PRICING"])
+    # override them.
     "claude-haiku-4-5*": {
         "input": "1",
         "cached_input": "0.10",
@@ -77,6 +79,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "1.25",
         "cache_write_1h": "2",
+        "max_reasoning_tokens": 0,
     },
     "claude-sonnet-4-5*": {
         "input": "3",
@@ -85,6 +88,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "3.75",
         "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
     },
     "claude-sonnet-4-0*": {
         "input": "3",
@@ -93,6 +97,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "3.75",
         "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
     },
     "claude-sonnet-4-2025*": {
         "input": "3",
@@ -101,6 +106,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "3.75",
         "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
     },
     "claude-3-7-sonnet*": {
         "input": "3",
@@ -109,6 +115,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "3.75",
         "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
     },
     "claude-opus-4-5*": {
         "input": "5",
@@ -117,6 +124,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "6.25",
         "cache_write_1h": "10",
+        "max_reasoning_tokens": 0,
     },
     "claude-opus-4-1*": {
         "input": "15",
@@ -125,6 +133,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "18.75",
         "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
     },
     "claude-opus-4-0*": {
         "input": "15",
@@ -133,6 +142,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "18.75",
         "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
     },
     "claude-opus-4-2025*": {
         "input": "15",
@@ -141,6 +151,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "18.75",
         "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
     },
     "claude-3-5-haiku*": {
         "input": "0.80",
@@ -149,6 +160,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "1",
         "cache_write_1h": "1.60",
+        "max_reasoning_tokens": 0,
     },
     "claude-3-haiku*": {
         "input": "0.25",
@@ -157,6 +169,7 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
         "cache_write": "0.30",
         "cache_write_1h": "0.50",
+        "max_reasoning_tokens": 0,
     },
     # --- end of Anthropic --------------------------------------------------------------------
 }

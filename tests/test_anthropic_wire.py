@@ -328,6 +328,7 @@ def test_price_table_has_the_common_models(model: str, rates: tuple[str, ...]) -
         price.cache_write_1h,
     ) == tuple(Decimal(r) for r in rates)
     assert price.batch_discount == Decimal("0.50")
+    assert price.max_reasoning_tokens == 0  # thinking is inside max_tokens
 
 
 # --- Requests --------------------------------------------------------------------------------
