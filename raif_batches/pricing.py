@@ -134,6 +134,115 @@ DEFAULT_PRICING: dict[str, dict[str, Any]] = {
         "batch_discount": "0.50",
     },
     # --- end of OpenAI ---------------------------------------------------------------------------
+    # --- Anthropic (provider "anthropic") -------------------------------------------------
+    # Anthropic's published synchronous list prices in USD per million tokens, as known when
+    # this was written (late 2025; no internet here, not re-checked since): input, output,
+    # cache reads (cached_input), 5-minute cache writes (cache_write, 1.25x input) and 1-hour
+    # cache writes (cache_write_1h, 2x input). Message Batches bill all of them at 50%. The
+    # prefixes cover the dated names (claude-haiku-4-5-20251001); Sonnet's long-context
+    # (>200K input) rates are not modelled. Thinking counts inside max_tokens, so the dry-run's
+    # upper bound adds no reasoning (max_reasoning_tokens 0). Settings (RAIF_BATCHES["PRICING"])
+    # override them.
+    "claude-haiku-4-5*": {
+        "input": "1",
+        "cached_input": "0.10",
+        "output": "5",
+        "batch_discount": "0.50",
+        "cache_write": "1.25",
+        "cache_write_1h": "2",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-sonnet-4-5*": {
+        "input": "3",
+        "cached_input": "0.30",
+        "output": "15",
+        "batch_discount": "0.50",
+        "cache_write": "3.75",
+        "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-sonnet-4-0*": {
+        "input": "3",
+        "cached_input": "0.30",
+        "output": "15",
+        "batch_discount": "0.50",
+        "cache_write": "3.75",
+        "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-sonnet-4-2025*": {
+        "input": "3",
+        "cached_input": "0.30",
+        "output": "15",
+        "batch_discount": "0.50",
+        "cache_write": "3.75",
+        "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-3-7-sonnet*": {
+        "input": "3",
+        "cached_input": "0.30",
+        "output": "15",
+        "batch_discount": "0.50",
+        "cache_write": "3.75",
+        "cache_write_1h": "6",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-opus-4-5*": {
+        "input": "5",
+        "cached_input": "0.50",
+        "output": "25",
+        "batch_discount": "0.50",
+        "cache_write": "6.25",
+        "cache_write_1h": "10",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-opus-4-1*": {
+        "input": "15",
+        "cached_input": "1.50",
+        "output": "75",
+        "batch_discount": "0.50",
+        "cache_write": "18.75",
+        "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-opus-4-0*": {
+        "input": "15",
+        "cached_input": "1.50",
+        "output": "75",
+        "batch_discount": "0.50",
+        "cache_write": "18.75",
+        "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-opus-4-2025*": {
+        "input": "15",
+        "cached_input": "1.50",
+        "output": "75",
+        "batch_discount": "0.50",
+        "cache_write": "18.75",
+        "cache_write_1h": "30",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-3-5-haiku*": {
+        "input": "0.80",
+        "cached_input": "0.08",
+        "output": "4",
+        "batch_discount": "0.50",
+        "cache_write": "1",
+        "cache_write_1h": "1.60",
+        "max_reasoning_tokens": 0,
+    },
+    "claude-3-haiku*": {
+        "input": "0.25",
+        "cached_input": "0.03",
+        "output": "1.25",
+        "batch_discount": "0.50",
+        "cache_write": "0.30",
+        "cache_write_1h": "0.50",
+        "max_reasoning_tokens": 0,
+    },
+    # --- end of Anthropic --------------------------------------------------------------------
 }
 PRICE_KEYS = (
     "input",
