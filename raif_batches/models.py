@@ -101,6 +101,7 @@ class FailureKind(models.TextChoices):
     CANCELED_UNSUBMITTED = "canceled before submission", "Canceled before submission"
     # Why a batch is not moving (notes; its status is unchanged).
     INVALID_REQUEST = "invalid request", "Invalid request"
+    CONFIGURATION = "configuration", "Configuration (a key or setting is missing)"
     UNEXPECTED = "unexpected error", "Unexpected error"
     UNREADABLE = "unreadable answer", "Unreadable answer"
     PROVIDER_ERROR = "provider error", "Provider error"

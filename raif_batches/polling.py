@@ -36,6 +36,7 @@ from .conf import get_setting
 from .exceptions import (
     AmbiguousSubmission,
     BatchBusy,
+    BatchConfigurationError,
     BatchStateError,
     DuplicateSubmission,
     InvalidBatchRequest,
@@ -225,7 +226,8 @@ def _submit_one(
         )
     except ProviderAuthenticationError as error:
         report.fatal = error
-    except (ProviderError, BatchStateError, InvalidBatchRequest) as error:
+    except (ProviderError, BatchStateError, InvalidBatchRequest, BatchConfigurationError) as error:
+        # A provider without a key stops only its own batches.
         report.error(batch, error)
     else:
         if result.provider_batch_id:

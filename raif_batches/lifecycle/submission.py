@@ -33,6 +33,7 @@ from ..conf import get_setting, request_timeout
 from ..exceptions import (
     AmbiguousSubmission,
     BatchBusy,
+    BatchConfigurationError,
     BatchStateError,
     DuplicateSubmission,
     InvalidBatchRequest,
@@ -203,7 +204,7 @@ def _submit_claimed(
                 locked.input_file_id = file_id
                 locked.save(update_fields=["input_file_id"])
             batch.input_file_id = file_id
-    except (ProviderError, InvalidBatchRequest) as error:
+    except (ProviderError, InvalidBatchRequest, BatchConfigurationError) as error:
         # Nothing was created at the provider: back to pending, with the reason shown.
         _abandon_submission(batch, error, reset_file=False)
         raise
@@ -521,7 +522,7 @@ def _update_duplicate(pk: int, entry: dict[str, Any]) -> None:
 
 def _abandon_submission(
     batch: ModelCompletionBatch,
-    error: ProviderError | InvalidBatchRequest,
+    error: ProviderError | InvalidBatchRequest | BatchConfigurationError,
     *,
     reset_file: bool,
 ) -> None:
@@ -530,7 +531,12 @@ def _abandon_submission(
     Only while the lease is still this worker's: otherwise another worker owns the batch
     and may have a create of its own in flight.
     """
-    kind = error.kind if isinstance(error, ProviderError) else FailureKind.INVALID_REQUEST
+    if isinstance(error, ProviderError):
+        kind = error.kind
+    elif isinstance(error, BatchConfigurationError):
+        kind = FailureKind.CONFIGURATION
+    else:
+        kind = FailureKind.INVALID_REQUEST
     _end_submission(batch, BatchStatus.PENDING, kind, str(error), reset_file=reset_file)
 
 

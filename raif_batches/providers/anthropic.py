@@ -76,7 +76,9 @@ from .base import (
     BatchStrategy,
     LostCreate,
     ParsedCompletion,
+    RecentBatches,
     ResultEntry,
+    collect_recent,
 )
 
 logger = logging.getLogger("raif_batches.anthropic")
@@ -534,6 +536,7 @@ class AnthropicStrategy(BatchStrategy):
                 base_url(self.provider),
                 api_key(self.provider),
                 session=build_session(pool_size=max(pool, 4)),
+                provider=self.provider,
             )
         return self._client
 
@@ -743,6 +746,30 @@ class AnthropicStrategy(BatchStrategy):
                         "(RECONCILE_MAX_PAGES / RECONCILE_MAX_SECONDS)"
                     ),
                 )
+
+    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
+        """The newest-first workspace list, read back to ``created_after``: one call per
+        1,000 batches serves every in-flight batch of a poll (see
+        :func:`~.base.collect_recent`)."""
+        return collect_recent(self._snapshot_pages(), created_after)
+
+    def _snapshot_pages(self) -> Iterator[list[BatchSnapshot]]:
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": MAX_LIST_LIMIT}
+            if after:
+                params["after_id"] = after
+            answer = self.client.request(
+                "GET", BATCHES_PATH, idempotent=True, params=params, expect=listing_page
+            )
+            items = [i for i in answer.get("data") or [] if isinstance(i, dict)][:MAX_LIST_LIMIT]
+            yield [parse_batch(item) for item in items]
+            last_id = answer.get("last_id")
+            if not answer.get("has_more") or not items or not isinstance(last_id, str):
+                return
+            if last_id == after:
+                return
+            after = last_id
 
     @staticmethod
     def _window(create: LostCreate) -> tuple[datetime, datetime]:

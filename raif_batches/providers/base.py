@@ -12,7 +12,7 @@ Everything else (transactions, row locks, leases, status decisions, results) bel
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -152,6 +152,36 @@ class ResultEntry:
     completion: ParsedCompletion | None = None
     error: str | None = None
     not_run: str | None = None
+
+
+def collect_recent(
+    pages: Iterable[Sequence[BatchSnapshot]], created_after: datetime
+) -> RecentBatches:
+    """Read a newest-first list's pages until one is wholly older than ``created_after``.
+
+    Bounded by RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS; a read stopped by a bound (or a
+    page without creation times) says so with ``complete=False``.
+    """
+    from time import monotonic
+
+    from ..conf import get_setting
+
+    max_pages = int(get_setting("RECONCILE_MAX_PAGES"))
+    max_seconds = float(get_setting("RECONCILE_MAX_SECONDS"))
+    started = monotonic()
+    found: dict[str, BatchSnapshot] = {}
+    for number, page in enumerate(pages, start=1):
+        older = 0
+        for snapshot in page:
+            if snapshot.provider_batch_id:
+                found.setdefault(snapshot.provider_batch_id, snapshot)
+            if snapshot.created_at is not None and snapshot.created_at < created_after:
+                older += 1
+        if page and older == len(page):
+            return RecentBatches(found)
+        if number >= max_pages or monotonic() - started >= max_seconds:
+            return RecentBatches(found, complete=False)
+    return RecentBatches(found)
 
 
 class BatchStrategy:

@@ -56,7 +56,9 @@ from .base import (
     BatchStrategy,
     LostCreate,
     ParsedCompletion,
+    RecentBatches,
     ResultEntry,
+    collect_recent,
 )
 from .xai import parse_chat_completion
 
@@ -346,6 +348,7 @@ class OpenAIStrategy(BatchStrategy):
                 base_url(self.provider),
                 api_key(self.provider),
                 session=build_session(pool_size=max(pool, 4)),
+                provider=self.provider,
             )
         return self._client
 
@@ -494,6 +497,29 @@ class OpenAIStrategy(BatchStrategy):
                         "(RECONCILE_MAX_PAGES / RECONCILE_MAX_SECONDS)"
                     ),
                 )
+
+    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
+        """The newest-first list, read back to ``created_after``: one call per 100 batches
+        serves every in-flight batch of a poll (see :func:`~.base.collect_recent`)."""
+        return collect_recent(self._snapshot_pages(), created_after)
+
+    def _snapshot_pages(self) -> Iterator[list[BatchSnapshot]]:
+        after: str | None = None
+        seen: set[str] = set()
+        while True:
+            params: dict[str, Any] = {"limit": LIST_PAGE_SIZE}
+            if after:
+                params["after"] = after
+            answer = self.client.request(
+                "GET", "/batches", idempotent=True, params=params, expect=list_page()
+            )
+            items = [item for item in answer.get("data") or [] if isinstance(item, dict)]
+            yield [parse_batch(item) for item in items]
+            last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
+            if answer.get("has_more") is not True or not items or not last or last in seen:
+                return
+            seen.add(last)
+            after = last
 
     # -- status, cancel -----------------------------------------------------------------------
 
