@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-pytest_plugins = ["raif_batches.emulator.pytest_plugin"]
+pytest_plugins = ["raif_batches.emulator.pytest_plugin", "tests.audit"]
 
 FAST_SETTINGS: dict[str, Any] = {
     "RETRY": {

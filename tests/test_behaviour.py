@@ -29,7 +29,6 @@ from raif_batches.providers import get_strategy
 
 from .helpers import user
 from .processes import environment, run_together
-from .test_concurrency import audit as _audit  # noqa: F401  (the `audit` fixture)
 
 pytestmark = pytest.mark.django_db
 
