@@ -105,7 +105,9 @@ def test_poll_batches_stops_after_the_harvest_in_hand(emulator: Any) -> None:
     assert no_lease_held()
     harvested = ModelCompletionBatch.objects.filter(results_fetched_at__isnull=False)
     assert harvested.count() == 1
-    assert emulator.state.count_calls("list_results") == 1
+    # The first pages of the other batches were read ahead (results of many batches are read
+    # concurrently), but only the batch in hand was stored; the others are read again later.
+    assert 1 <= emulator.state.count_calls("list_results") <= len(batches)
     # No result lost: a later run harvests the rest, and every line has its outcome.
     emulator.state.faults.clear()
     for _ in range(5):
