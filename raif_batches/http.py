@@ -32,13 +32,21 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from .conf import RetryPolicy, listing_bounds, max_response_bytes, request_timeout
+from .conf import (
+    RetryPolicy,
+    api_key,
+    base_url,
+    listing_bounds,
+    max_response_bytes,
+    positive_integer_setting,
+    request_timeout,
+)
 from .exceptions import (
     AmbiguousSubmission,
     AnswerTooLarge,
@@ -271,6 +279,18 @@ class ApiClient:
 
     def __repr__(self) -> str:  # never show the key
         return f"<{type(self).__name__} {self.base_url}>"
+
+    @classmethod
+    def for_provider(cls, provider: str) -> Self:
+        """A client for ``provider`` from its settings (base URL, key), with a connection pool
+        as wide as the run's parallel reads (``POLL_CONCURRENCY``)."""
+        pool = positive_integer_setting("POLL_CONCURRENCY")
+        return cls(
+            base_url(provider),
+            api_key(provider),
+            session=build_session(pool_size=max(pool, 4)),
+            provider=provider,
+        )
 
     def request(
         self,

@@ -65,9 +65,9 @@ from typing import Any, Protocol
 
 import requests
 
-from ..conf import api_key, base_url, get_setting, request_timeout
+from ..conf import get_setting, request_timeout
 from ..exceptions import InvalidBatchRequest, ProviderError, ProviderUnavailable
-from ..http import ApiClient, build_session, describe, json_object
+from ..http import ApiClient, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
@@ -531,13 +531,7 @@ class AnthropicStrategy(BatchStrategy):
     @property
     def client(self) -> AnthropicClient:
         if self._client is None:
-            pool = int(get_setting("POLL_CONCURRENCY"))
-            self._client = AnthropicClient(
-                base_url(self.provider),
-                api_key(self.provider),
-                session=build_session(pool_size=max(pool, 4)),
-                provider=self.provider,
-            )
+            self._client = AnthropicClient.for_provider(self.provider)
         return self._client
 
     # -- submission ---------------------------------------------------------------------------

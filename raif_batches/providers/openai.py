@@ -45,9 +45,9 @@ from urllib.parse import quote
 
 import requests
 
-from ..conf import api_key, base_url, get_setting
+from ..conf import get_setting
 from ..exceptions import InvalidBatchRequest, ProviderError
-from ..http import ApiClient, Validator, build_session, describe, json_object
+from ..http import ApiClient, Validator, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
@@ -343,13 +343,7 @@ class OpenAIStrategy(BatchStrategy):
     @property
     def client(self) -> OpenAIClient:
         if self._client is None:
-            pool = int(get_setting("POLL_CONCURRENCY"))
-            self._client = OpenAIClient(
-                base_url(self.provider),
-                api_key(self.provider),
-                session=build_session(pool_size=max(pool, 4)),
-                provider=self.provider,
-            )
+            self._client = OpenAIClient.for_provider(self.provider)
         return self._client
 
     @classmethod

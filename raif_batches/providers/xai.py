@@ -26,9 +26,9 @@ from typing import IO, Any
 
 import requests
 
-from ..conf import api_key, base_url, get_setting, listing_bounds
+from ..conf import get_setting, listing_bounds
 from ..exceptions import AnswerTooLarge, InvalidBatchRequest, ProviderUnavailable
-from ..http import ApiClient, Validator, build_session, describe, json_object
+from ..http import ApiClient, Validator, describe, json_object
 from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
@@ -286,13 +286,7 @@ class XAIStrategy(BatchStrategy):
     @property
     def client(self) -> XAIClient:
         if self._client is None:
-            pool = int(get_setting("POLL_CONCURRENCY"))
-            self._client = XAIClient(
-                base_url(self.provider),
-                api_key(self.provider),
-                session=build_session(pool_size=max(pool, 4)),
-                provider=self.provider,
-            )
+            self._client = XAIClient.for_provider(self.provider)
         return self._client
 
     # -- submission ---------------------------------------------------------------------------
