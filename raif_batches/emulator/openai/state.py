@@ -226,7 +226,15 @@ class OpenAIEmulatorState:
                 self._observe(batch)
             views = [batch_view(batch, self.config) for batch in ordered]
             endless = "list_batches" in cfg.endless_pagination
-            return self._envelope(views, query.get("after"), limit, bend, endless=endless)
+            page = self._envelope(views, query.get("after"), limit, bend, endless=endless)
+            # An entry on a served page is a look at the batch, as a GET is: the batches a
+            # client polls by the list move on as those it reads one by one do.
+            by_id = {batch.id: batch for batch in ordered}
+            for index, item in enumerate(page["data"]):
+                batch = by_id[item["id"]]
+                self._observe(batch, read=True)
+                page["data"][index] = batch_view(batch, self.config)
+            return page
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
