@@ -129,6 +129,7 @@ class BatchHistory(RuleBasedStateMachine):
         self.violated: set[str] = set()
         self.created = 0
         tally.count("histories")
+        tally.count(f"histories on {self.model.name}")
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def step(self, text: str) -> None:
@@ -358,6 +359,7 @@ class BatchHistory(RuleBasedStateMachine):
                 break
             time.sleep(max(waits) + 0.1)
         tally.count("histories settled")
+        tally.count(f"histories settled on {self.model.name}")
         self.check(invariants.duplicates(self.view))
         self.check(invariants.one_provider_batch(self.view, self.deleted, self.deleted_safely))
         self.check(invariants.settled())
