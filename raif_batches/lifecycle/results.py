@@ -446,9 +446,12 @@ def finish_results(
             ),
             BatchStatus.CANCELED: (
                 FailureKind.BATCH_CANCELED,
-                "The batch was canceled before it ran.",
+                "The batch was canceled and the provider returned no result for it.",
             ),
-            BatchStatus.EXPIRED: (FailureKind.BATCH_EXPIRED, "The batch expired before it ran."),
+            BatchStatus.EXPIRED: (
+                FailureKind.BATCH_EXPIRED,
+                "The batch expired and the provider returned no result for it.",
+            ),
             BatchStatus.FAILED: (
                 FailureKind.BATCH_FAILED,
                 locked.failure_reason or "The provider failed the batch.",
