@@ -185,6 +185,21 @@ def test_a_results_read_cut_short_is_read_again_in_full(any_emulator: Any, kind:
     assert_totals_are_sums(batch)
 
 
+@pytest.mark.parametrize(
+    "body", [b"{}", b'{"custom_id": ""}', b"<html><body>502 Bad Gateway</body></html>"]
+)
+def test_a_results_body_bent_on_the_way_is_read_again_not_failed(
+    any_emulator: Any, body: bytes
+) -> None:
+    """A 200 whose body is not the results (a proxy's page, an object without an id) skips
+    what it cannot read; the lines it may have held are read again, not failed."""
+    batch = new_batch(any_emulator.provider, 3)
+    any_emulator.add_fault(Fault("list_results", "raw", status=200, raw_body=body))
+    batch = drive(batch, any_emulator)
+    assert batch.completions.filter(status="completed").count() == 3
+    assert_totals_are_sums(batch)
+
+
 def test_a_cancel_keeps_the_results_already_produced(any_realistic_emulator: Any) -> None:
     emu = any_realistic_emulator
     emu.config.requests_per_read = 1

@@ -114,19 +114,22 @@ def fetch_results(
     if batch.results_fetched_at is not None:
         return 0
     prices = Prices()  # as configured now, for this whole harvest
-    applied = 0
+    applied = unreadable = 0
     if batch.provider_batch_id:
         try:
             if pages is None:
                 pages = strategy.iter_result_pages(batch.provider_batch_id)
             for page in pages:
                 applied += apply_result_page(batch, page, prices)
+                unreadable += getattr(page, "unreadable", 0)
         except ProviderError as error:
             if not _results_gone(error) or not _results_gone_for_good(batch, error):
                 raise
             finish_results(batch, unavailable=error)
             return applied
-    finish_results(batch, counters_lead=strategy.results_lag_counters)
+    # Entries skipped as unreadable (not JSON, no custom id) may have been some of our lines:
+    # a body bent on the way (a proxy, a cut file) is read again before they are failed.
+    finish_results(batch, counters_lead=strategy.results_lag_counters, unreadable=unreadable > 0)
     return applied
 
 
@@ -423,6 +426,7 @@ def finish_results(
     *,
     unavailable: ProviderError | None = None,
     counters_lead: bool = True,
+    unreadable: bool = False,
 ) -> ModelCompletionBatch:
     """Fail what the provider never answered, total the costs, mark the results fetched.
 
@@ -431,7 +435,9 @@ def finish_results(
     recorded (``results_lacking_since``, ``results_stored_count``) and a later read scheduled
     (``results_next_read_at``, with backoff), until ``RESULTS_WAIT_SECONDS`` have passed since
     the first short harvest. Without it, what the provider served once the batch ended is the
-    whole truth. ``unavailable`` (the results are gone) ends the harvest at once.
+    whole truth, unless ``unreadable`` (the read skipped entries it could not read) while lines
+    are still pending: then they are waited for in the same way, since the skipped entries may
+    have been theirs. ``unavailable`` (the results are gone) ends the harvest at once.
     """
     now = db_now()
     wait = float(get_setting("RESULTS_WAIT_SECONDS"))
@@ -458,17 +464,25 @@ def finish_results(
             ),
         }[BatchStatus(locked.status)]
         short = None if unavailable is not None or not counters_lead else _results_short(locked)
+        if short is None and unreadable and unavailable is None:
+            short = _lines_short(locked)
         if short is not None:
             stored, expected = short
             since = locked.results_lacking_since or now
             if now - since < timedelta(seconds=wait):
                 _wait_for_results(locked, now, since, stored, expected)
                 return locked
-            if locked.status == BatchStatus.ENDED:
+            if locked.status == BatchStatus.ENDED and counters_lead:
                 reason = (
                     FailureKind.ENTRY_MISSING,
                     "The provider counted this result but never served it, "
                     f"after waiting {wait:g} s.",
+                )
+            elif locked.status == BatchStatus.ENDED:
+                reason = (
+                    FailureKind.ENTRY_MISSING,
+                    "The provider's results held entries that could not be read and none for "
+                    f"this line, read again over {wait:g} s.",
                 )
         if unavailable is not None:
             reason = (
@@ -642,6 +656,13 @@ def _results_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
     if not batch.completions.filter(status=CompletionStatus.PENDING).exists():
         return None  # nothing left to wait for, whatever the counters say
     return outcomes, expected
+
+
+def _lines_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
+    """(lines with an outcome, lines) while some line is still pending."""
+    total = batch.completions.count()
+    pending = batch.completions.filter(status=CompletionStatus.PENDING).count()
+    return (total - pending, total) if pending else None
 
 
 def _results_backoff(attempts: int, remaining: timedelta) -> timedelta:

@@ -154,6 +154,14 @@ class ResultEntry:
     not_run: str | None = None
 
 
+class ResultPage(list[ResultEntry]):
+    """A page of a batch's results that also counts the entries it skipped as unreadable (not
+    JSON, not an object, no custom id): some of the batch's lines may have been among them, so
+    the harvest reads again before failing lines it did not see. A plain list counts none."""
+
+    unreadable: int = 0
+
+
 def collect_recent(
     pages: Iterable[Sequence[BatchSnapshot]], created_after: datetime
 ) -> RecentBatches:
