@@ -88,6 +88,7 @@ INSERT INTO raif_batches_modelcompletionbatch (
     input_file_id, provider_response, request_counts, failure_error, failure_reason,
     created_at, submitted_at, started_at, ended_at, results_fetched_at,
     cancel_reason, claimed_by, handler, handler_attempts, handler_gave_up, handler_error,
+    duplicate_provider_batches, handler_claimed_by, results_read_attempts, reconcile_candidates,
     prompt_token_cost, output_token_cost, total_cost
 )
 SELECT
@@ -115,6 +116,7 @@ SELECT
     now() - make_interval(mins => %(batches)s - i) + interval '20 minutes',
     now() - make_interval(mins => %(batches)s - i) + interval '21 minutes',
     '', '', '', 0, false, '',
+    '[]'::jsonb, '', 0, '[]'::jsonb,
     (i %% 997) * 0.0000123, (i %% 991) * 0.0000456, (i %% 997) * 0.0000123 + (i %% 991) * 0.0000456
 FROM generate_series(1, %(batches)s) AS i
 ORDER BY i
