@@ -7,7 +7,10 @@
   order off the ``(batch, id)`` index; unfiltered, newest first off the primary key. No column
   sort is offered: any other order would sort millions of rows for one page.
 - **Bounded counts** (``changelists``): an estimate for the whole table, an exact count within a
-  batch, a capped one otherwise.
+  batch, a capped one otherwise; no sidebar counts ("Show counts" would count every row once
+  per filter choice).
+- **Filters an index serves** (``filters``): by batch, by status (the ``(status, id)`` index
+  across batches), and by completion date once a batch is chosen (that column has no index).
 - **Search within a batch, by exact custom id.** Custom ids are unique per batch and indexed with
   it; a substring search, or one across every batch, would read every row it covers, so the
   list asks for a batch first and matches the whole id.
@@ -34,7 +37,7 @@ from .changelists import (
     BoundedCountPaginator,
     CompletionChangeList,
 )
-from .filters import BatchFilter
+from .filters import BatchFilter, DateWithinBatchFilter, selected_batch
 from .rendering import (
     CSS,
     batch_change_url,
@@ -46,11 +49,6 @@ from .rendering import (
     short_time,
     status_badge,
 )
-
-
-def selected_batch(request: HttpRequest) -> int | None:
-    value = request.GET.get(BatchFilter.parameter_name, "")
-    return int(value) if value.isdigit() else None
 
 
 class ModelCompletionAdmin(admin.ModelAdmin):
@@ -66,12 +64,14 @@ class ModelCompletionAdmin(admin.ModelAdmin):
         "completed",
     )
     sortable_by = ()
-    list_filter = (BatchFilter, "status", ("completed_at", admin.DateFieldListFilter))
+    list_filter = (BatchFilter, "status", ("completed_at", DateWithinBatchFilter))
     search_fields = ("batch_custom_id",)
     search_help_text = "Search by exact custom id within the selected batch."
     list_per_page = 100
-    # The unfiltered total would count every completion of every batch on each page view.
+    # The unfiltered total would count every completion of every batch on each page view, and
+    # the sidebar's counts ("Show counts") every completion once per filter choice.
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     fieldsets = (
         (None, {"fields": ("batch_link", "batch_custom_id", "status_badge", "source_link")}),
         (
