@@ -340,6 +340,53 @@ def test_the_completion_date_is_filtered_within_a_batch_only(admin_client: Clien
     assert "_facets" not in response.content.decode()  # no "Show counts" either
 
 
+@pytest.mark.parametrize("listing", ["batches", "completions"])
+def test_list_rows_are_rendered_as_django_renders_them(
+    admin_client: Client, emulator: Any, listing: str
+) -> None:
+    """The rows rendered once per page (admin/rows.py) are Django's own markup, byte for byte."""
+    from django.contrib.admin.templatetags.admin_list import results
+
+    from raif_batches.admin.rows import fast_results
+
+    batch = run_to_end(make_batch(3, failing=1, name=f"Digest {XSS}"))
+    make_batch(2)  # pending: no times, no costs
+    url, query = (
+        (BATCHES, {"status__exact": "ended", "q": "digest"})
+        if listing == "batches"
+        else (COMPLETIONS, {"batch": batch.pk})
+    )
+    for params in ({}, query):  # with filters, whose query string each link keeps
+        response = admin_client.get(url, params)
+        cl = response.context["cl"]
+        ours = fast_results(cl)
+        assert ours is not None
+        django_rows = ["".join(row) for row in results(cl)]
+        assert ["".join(row) for row in ours] == django_rows
+        html = response.content.decode()
+        assert all(row in html for row in django_rows)
+        assert XSS not in html
+
+
+def test_a_column_the_fast_rows_do_not_know_is_rendered_by_django(rf: Any) -> None:
+    from django.contrib import admin
+
+    from raif_batches.admin import ModelCompletionAdmin
+    from raif_batches.admin.rows import fast_results, render_result_list
+
+    class WithRelation(ModelCompletionAdmin):
+        list_display = ("batch_custom_id", "batch", "status_badge")
+
+    big_batch(3, failed=1)
+    request = rf.get(COMPLETIONS)
+    request.user = User.objects.create_superuser("root", "root@example.com", "pw")
+    cl = WithRelation(ModelCompletion, admin.site).get_changelist_instance(request)
+    cl.formset = None
+    assert fast_results(cl) is None  # a relation: Django's display_for_field, not ours
+    html = render_result_list(cl)
+    assert html.count("<tr>") == 4 and "Big one" in html and "field-batch nowrap" in html
+
+
 def test_delete_confirmation_summarises_instead_of_listing_completions(
     admin_client: Client, django_assert_max_num_queries: Any
 ) -> None:

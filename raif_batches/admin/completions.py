@@ -29,7 +29,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from .changelists import (
     BATCH_COUNT_LIMIT,
@@ -42,6 +42,7 @@ from .rendering import (
     CSS,
     batch_change_url,
     clipped,
+    escaped,
     fieldset_names,
     money,
     pretty_json,
@@ -173,7 +174,7 @@ class ModelCompletionAdmin(admin.ModelAdmin):
     @admin.display(description="batch")
     def batch_link(self, obj: Any) -> SafeString:
         # The id alone: the batch's name would cost a join on every row.
-        return format_html('<a href="{}">#{}</a>', batch_change_url(obj.batch_id), obj.batch_id)
+        return mark_safe(f'<a href="{escaped(batch_change_url(obj.batch_id))}">#{obj.batch_id}</a>')
 
     @admin.display(description="status")
     def status_badge(self, obj: Any) -> SafeString:
@@ -183,11 +184,11 @@ class ModelCompletionAdmin(admin.ModelAdmin):
     def tokens(self, obj: Any) -> SafeString:
         if obj.total_tokens is None:
             return clipped("")
-        return format_html(
-            '<span class="raif-tokens-cell" title="{} prompt + {} completion">{}</span>',
-            obj.prompt_tokens if obj.prompt_tokens is not None else "?",
-            obj.completion_tokens if obj.completion_tokens is not None else "?",
-            obj.total_tokens,
+        prompt = obj.prompt_tokens if obj.prompt_tokens is not None else "?"
+        completion = obj.completion_tokens if obj.completion_tokens is not None else "?"
+        return mark_safe(
+            f'<span class="raif-tokens-cell" title="{prompt} prompt + {completion} completion">'
+            f"{escaped(obj.total_tokens)}</span>"
         )
 
     @admin.display(description="cost")
