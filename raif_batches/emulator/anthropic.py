@@ -396,8 +396,6 @@ class AnthropicEmulatorState:
                 )
             size = min(size, cfg.max_page_size)  # a smaller page than asked, as any server may
             ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
-            for batch in ordered:
-                self._observe(batch)
             start, stop = 0, len(ordered)
             ids = [b.id for b in ordered]
             if after_id:
@@ -417,6 +415,8 @@ class AnthropicEmulatorState:
                 has_more = True
                 if not page:
                     page = ordered[:take]
+            for batch in page:  # only the batches listed, as a server pages its store
+                self._observe(batch)
             return {
                 "data": [self._view(b) for b in page],
                 "has_more": has_more,
