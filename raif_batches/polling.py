@@ -23,7 +23,7 @@ a batch awaiting harvest is due again at its ``results_next_read_at``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,7 +45,7 @@ from .exceptions import (
 )
 from .handlers import run_handler
 from .lifecycle import results, status, submission
-from .lifecycle.transitions import error_text, note_on_batch
+from .lifecycle.transitions import count_of, error_text, note_on_batch
 from .models import (
     IN_FLIGHT_STATUSES,
     WORKER_ID,
@@ -55,7 +55,7 @@ from .models import (
     ModelCompletionBatchQuerySet,
 )
 from .providers import get_strategy
-from .providers.base import BatchListing, BatchSnapshot, BatchStrategy
+from .providers.base import BatchListing, BatchSnapshot, BatchStrategy, ResultEntry
 from .stopping import stop_requested
 
 logger = logging.getLogger("raif_batches")
@@ -262,10 +262,11 @@ def poll(
     work = work | ModelCompletionBatch.objects.awaiting_handler()
     claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker)
     report.claimed = len(claimed)
+    released: set[int] = set()  # given back as soon as this run was done with them
     try:
-        _drive(claimed, strategies, worker, report, force=force)
+        _drive(claimed, strategies, worker, report, force=force, released=released)
     finally:
-        release_all(claimed, worker)
+        release_all([batch for batch in claimed if batch.pk not in released], worker)
     return report
 
 
@@ -285,6 +286,7 @@ def _drive(
     report: RunReport,
     *,
     force: bool = False,
+    released: set[int],
 ) -> None:
     max_age = timedelta(seconds=float(get_setting("MAX_BATCH_AGE")))
     now = db_now()  # the deadline is the same for every host, whatever its own clock says
@@ -314,7 +316,7 @@ def _drive(
                     report.error(batch, error)
             else:
                 to_read.append(batch)
-    _refresh_concurrently(to_read, strategies, report)
+    _refresh_concurrently(to_read, strategies, report, worker=worker, released=released)
     if report.should_stop():
         return
     ids = [batch.pk for batch in claimed]
@@ -341,40 +343,47 @@ LIST_POLL_MARGIN = timedelta(minutes=10)
 def _read_lists(
     batches: list[ModelCompletionBatch], strategies: _Strategies
 ) -> dict[str, BatchSnapshot | Exception]:
-    """Snapshots of the polled batches that their providers' lists hold (one read of each list
-    back to the oldest of them), where a provider's list serves that; the others are read one
-    by one. A list that cannot be read costs nothing but the fallback."""
+    """Snapshots of the polled batches that their providers' lists hold, read in a few calls
+    sent together (:func:`status.read_listed`, back to the oldest of them), where a provider's
+    list serves that; the others are read one by one. A list that cannot be read costs
+    nothing but the fallback."""
     by_provider: dict[str, list[ModelCompletionBatch]] = {}
     for batch in batches:
         by_provider.setdefault(batch.provider, []).append(batch)
     found: dict[str, BatchSnapshot | Exception] = {}
     for provider, group in by_provider.items():
         strategy = strategies[provider]
-        if len(group) < 2 or not strategy.batch_list_newest_first:
+        if len(group) < 2 or not strategy.batch_list_newest_first or not strategy.list_page_size:
             continue
-        oldest = min(b.submitted_at or b.create_attempted_at or b.created_at for b in group)
+        group.sort(key=lambda b: (_submitted_at(b), b.pk), reverse=True)  # the list's order
         try:
-            recent = strategy.list_recent_batches(oldest - LIST_POLL_MARGIN)
+            listed = status.read_listed(
+                strategy,
+                [batch.provider_batch_id for batch in group],
+                _submitted_at(group[-1]) - LIST_POLL_MARGIN,
+                threads=int(get_setting("POLL_CONCURRENCY")),
+            )
         except ProviderAuthenticationError as error:
             return {batch.provider_batch_id: error for batch in group[:1]}
-        except ProviderError as error:
-            logger.warning(
-                "Reading %s's batch list failed (%s); reading each batch", provider, error
-            )
-            continue
-        if recent is None:
-            continue
-        for batch in group:
-            snapshot = recent.snapshots.get(batch.provider_batch_id)
-            if snapshot is not None:
-                found[batch.provider_batch_id] = snapshot
+        found.update(listed)
     return found
 
 
+def _submitted_at(batch: ModelCompletionBatch) -> datetime:
+    return batch.submitted_at or batch.create_attempted_at or batch.created_at
+
+
 def _refresh_concurrently(
-    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
+    batches: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    report: RunReport,
+    *,
+    worker: str,
+    released: set[int],
 ) -> None:
-    """Read every batch's status over HTTP in parallel, then store each under its row lock."""
+    """Read every batch's status over HTTP in parallel, then store them all under their row
+    locks in one write, which also gives back ``worker``'s leases on those still in flight
+    (added to ``released``)."""
     if not batches:
         return
     for batch in batches:
@@ -420,10 +429,11 @@ def _refresh_concurrently(
         readable.append((batch.pk, snapshot))
     # One transaction and one bulk write for every snapshot of this run, on one reading of the
     # database clock; a batch deleted meanwhile is simply not among the stored.
-    stored, errors = status.apply_snapshots(readable, now=db_now())
-    report.refreshed += len(stored)
+    outcome = status.apply_snapshots(readable, now=db_now(), release=worker)
+    released.update(outcome.released)
+    report.refreshed += len(outcome.stored)
     by_pk = {batch.pk: batch for batch in batches}
-    for pk, error in errors.items():
+    for pk, error in outcome.errors.items():
         note_on_batch(by_pk[pk], error)
         report.error(by_pk[pk], error)
 
@@ -463,42 +473,120 @@ def harvest(
     return report
 
 
+#: Results of batches read ahead while others are stored, in pages of RESULTS_PAGE_SIZE: a
+#: bound on memory whatever POLL_CONCURRENCY is (1,000 small batches fit at once; batches of
+#: 50,000 lines are read a few at a time).
+HARVEST_AHEAD_PAGES = 4
+
+
 def _harvest_concurrently(
     batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
 ) -> None:
-    """Harvest many batches, their results read over HTTP in parallel, stored one by one.
+    """Harvest many batches, their results read over HTTP in parallel, stored on this thread.
 
-    The first pages of up to POLL_CONCURRENCY batches are read at once in threads (HTTP and
-    parsing only); the calling thread stores each batch in turn, reading any further pages of
-    it as it goes, and asks for the next batch's first page as soon as one is taken, so that
-    at most that many pages wait in memory. 1,000 small batches that end in one poll then cost
-    about the time of their reads divided by the concurrency, not the sum of them.
+    The first results of up to POLL_CONCURRENCY batches are read at once in threads (HTTP and
+    parsing only), within HARVEST_AHEAD_PAGES pages' worth of results expected from their
+    counts; the next batch's read starts as soon as one is taken. Batches whose results came
+    whole (fewer than a page) are stored together, a page's worth in one transaction
+    (:func:`results.fetch_whole_results`); a bigger one is stored alone, reading its further
+    pages as it goes. 1,000 small batches that end in one poll then cost about the time of
+    their reads divided by the concurrency, and a few statements per page of results.
     """
     if not batches:
         return
+    batches = sorted(batches, key=lambda batch: (batch.provider, batch.pk))
     for batch in batches:
         _ = strategies[batch.provider]  # build clients before the threads share them
+    size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
     workers = max(1, min(int(get_setting("POLL_CONCURRENCY")), len(batches)))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-harvest")
 
-    def opened(batch: ModelCompletionBatch) -> Future[Any] | None:
-        if not batch.provider_batch_id:
-            return None
-        strategy = strategies[batch.provider]
-        return pool.submit(results.open_result_pages, strategy, batch.provider_batch_id)
+    def expected(batch: ModelCompletionBatch) -> int:
+        # A batch's first read holds up to a page; a bigger one has the next page in flight.
+        total = count_of(batch.request_counts or {}, "total")
+        return size * 2 if total > size else max(total, 1)
+
+    ahead: list[Future[results.OpenedResults] | None] = []
+    in_memory = 0
+
+    def read_ahead(index: int) -> None:
+        nonlocal in_memory
+        while len(ahead) < len(batches) and len(ahead) - index < workers:
+            batch = batches[len(ahead)]
+            if len(ahead) > index and in_memory + expected(batch) > size * HARVEST_AHEAD_PAGES:
+                return
+            in_memory += expected(batch)
+            strategy = strategies[batch.provider]
+            ahead.append(
+                pool.submit(results.open_result_pages, strategy, batch.provider_batch_id)
+                if batch.provider_batch_id
+                else None
+            )
+
+    group: list[tuple[ModelCompletionBatch, list[ResultEntry]]] = []
+
+    def store_group() -> None:
+        if group:
+            _harvest_whole(strategies[group[0][0].provider], list(group), report)
+            group.clear()
 
     try:
-        ahead = [opened(batch) for batch in batches[:workers]]
         for index, batch in enumerate(batches):
-            if index + workers < len(batches):
-                ahead.append(opened(batches[index + workers]))
+            if index and report.should_stop():
+                break
+            read_ahead(index)
             future = ahead[index]
-            pages = future.result() if future is not None else None
+            opened = future.result() if future is not None else None
+            in_memory -= expected(batch)
+            if opened is not None and opened.whole is not None:
+                if group and (
+                    group[0][0].provider != batch.provider
+                    or sum(len(entries) for _, entries in group) + len(opened.whole) > size
+                ):
+                    store_group()
+                group.append((batch, opened.whole))
+                continue
+            store_group()
+            pages = opened.pages if opened is not None else None
             _harvest_one(strategies[batch.provider], batch, report, pages=pages)
-            if report.should_stop():
+            if report.fatal is not None:
                 return
+        store_group()  # the batches in hand are stored, even when a stop was asked
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _harvest_whole(
+    strategy: BatchStrategy,
+    group: list[tuple[ModelCompletionBatch, list[ResultEntry]]],
+    report: RunReport,
+) -> None:
+    """Store batches read whole in one transaction; should it fail, each batch alone, so
+    that one batch's fault is its own (their results are still in memory)."""
+    try:
+        applied, stored, left = results.fetch_whole_results(strategy, group)
+    except Exception as error:
+        logger.warning(
+            "Storing the results of %d batches at once failed (%s); storing each alone",
+            len(group),
+            error_text(error),
+        )
+        applied, stored, left = 0, [], group
+    report.results_applied += applied
+    for locked in stored:
+        _report_harvest(report, locked.pk, _harvest_state(locked))
+    for batch, entries in left:
+        _harvest_one(strategy, batch, report, pages=iter([entries]))
+        if report.fatal is not None:
+            return
+
+
+def _harvest_state(batch: ModelCompletionBatch) -> dict[str, Any]:
+    return {
+        "results_fetched_at": batch.results_fetched_at,
+        "results_stored_count": batch.results_stored_count,
+        "request_counts": batch.request_counts,
+    }
 
 
 def _harvest_one(
@@ -527,15 +615,18 @@ def _harvest_one(
         .values("results_fetched_at", "results_stored_count", "request_counts")
         .first()
     )
-    if state is None:
-        return
+    if state is not None:
+        _report_harvest(report, batch.pk, state)
+
+
+def _report_harvest(report: RunReport, pk: int, state: Mapping[str, Any]) -> None:
     if state["results_fetched_at"] is not None:
-        report.finished.append(batch.pk)
+        report.finished.append(pk)
     else:
         # Results lag behind the counters: a condition that resolves on a later run.
         counts = state["request_counts"] or {}
         report.notes.append(
-            f"batch {batch.pk}: {state['results_stored_count']} of "
+            f"batch {pk}: {state['results_stored_count']} of "
             f"{_finished_count(counts)} results served so far; reading again later"
         )
 

@@ -52,13 +52,12 @@ from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
     BatchListing,
+    BatchListPage,
     BatchSnapshot,
     BatchStrategy,
     LostCreate,
     ParsedCompletion,
-    RecentBatches,
     ResultEntry,
-    collect_recent,
 )
 from .xai import parse_chat_completion
 
@@ -333,6 +332,7 @@ class OpenAIStrategy(BatchStrategy):
     reconcile_by_name = True
     results_lag_counters = False
     batch_list_newest_first = True
+    list_page_size = LIST_PAGE_SIZE
 
     def __init__(self, client: OpenAIClient | None = None):
         super().__init__()
@@ -492,28 +492,17 @@ class OpenAIStrategy(BatchStrategy):
                     ),
                 )
 
-    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
-        """The newest-first list, read back to ``created_after``: one call per 100 batches
-        serves every in-flight batch of a poll (see :func:`~.base.collect_recent`)."""
-        return collect_recent(self._snapshot_pages(), created_after)
-
-    def _snapshot_pages(self) -> Iterator[list[BatchSnapshot]]:
-        after: str | None = None
-        seen: set[str] = set()
-        while True:
-            params: dict[str, Any] = {"limit": LIST_PAGE_SIZE}
-            if after:
-                params["after"] = after
-            answer = self.client.request(
-                "GET", "/batches", idempotent=True, params=params, expect=list_page()
-            )
-            items = [item for item in answer.get("data") or [] if isinstance(item, dict)]
-            yield [parse_batch(item) for item in items]
-            last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
-            if answer.get("has_more") is not True or not items or not last or last in seen:
-                return
-            seen.add(last)
-            after = last
+    def list_batches_page(self, after: str | None) -> BatchListPage:
+        params: dict[str, Any] = {"limit": self.list_page_size}
+        if after:
+            params["after"] = after
+        answer = self.client.request(
+            "GET", "/batches", idempotent=True, params=params, expect=list_page()
+        )
+        items = [item for item in answer.get("data") or [] if isinstance(item, dict)]
+        last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
+        more = answer.get("has_more") is True and bool(items) and bool(last) and last != after
+        return BatchListPage([parse_batch(item) for item in items], last if more else None)
 
     # -- status, cancel -----------------------------------------------------------------------
 
