@@ -23,8 +23,9 @@ a batch awaiting harvest is due again at its ``results_next_read_at``.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -45,7 +46,7 @@ from .exceptions import (
 )
 from .handlers import run_handler
 from .lifecycle import results, status, submission
-from .lifecycle.transitions import count_of, error_text, note_on_batch
+from .lifecycle.transitions import count_of, error_text, note_on_batch, would_end
 from .models import (
     IN_FLIGHT_STATUSES,
     WORKER_ID,
@@ -56,6 +57,7 @@ from .models import (
 )
 from .providers import get_strategy
 from .providers.base import BatchListing, BatchSnapshot, BatchStrategy, ResultEntry
+from .readahead import Readers, wait_all
 from .stopping import stop_requested
 
 logger = logging.getLogger("raif_batches")
@@ -316,12 +318,16 @@ def _drive(
                     report.error(batch, error)
             else:
                 to_read.append(batch)
-    _refresh_concurrently(to_read, strategies, report, worker=worker, released=released)
+    # Results of the batches whose status reads say they ended, read by the same threads.
+    prefetched: dict[int, results.OpenedResults] = {}
+    _refresh_concurrently(
+        to_read, strategies, report, worker=worker, released=released, prefetched=prefetched
+    )
     if report.should_stop():
         return
     ids = [batch.pk for batch in claimed]
     due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
-    _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report)
+    _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report, prefetched)
     if report.should_stop():
         return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
@@ -380,20 +386,37 @@ def _refresh_concurrently(
     *,
     worker: str,
     released: set[int],
+    prefetched: dict[int, results.OpenedResults] | None = None,
 ) -> None:
     """Read every batch's status over HTTP in parallel, then store them all under their row
     locks in one write, which also gives back ``worker``'s leases on those still in flight
-    (added to ``released``)."""
+    (added to ``released``).
+
+    A thread whose status read would end the batch (:func:`would_end`) reads
+    its first results too, into ``prefetched``, within the harvest's bound on memory: the
+    harvest that follows then waits for no read of small batches, and the reads of statuses
+    and results overlap instead of coming one phase after the other.
+    """
     if not batches:
         return
     for batch in batches:
         _ = strategies[batch.provider]  # build clients before the threads share them
+    budget = _ResultsBudget()
+    now = db_now()  # earlier than the clock the snapshots are stored on: a cautious guess
 
     def read(batch: ModelCompletionBatch) -> BatchSnapshot | Exception:
+        strategy = strategies[batch.provider]
         try:
-            return strategies[batch.provider].get_provider_batch(batch.provider_batch_id)
+            snapshot = strategy.get_provider_batch(batch.provider_batch_id)
         except Exception as error:  # reported below, on the calling thread
             return error
+        if prefetched is not None and would_end(batch, snapshot, now):
+            total = count_of(snapshot.counts, "total")
+            if total < budget.page and budget.take(max(total, 1)):
+                # HTTP only, as the status read; the harvest meets any fault it raised.
+                opened = results.open_result_pages(strategy, batch.provider_batch_id)
+                prefetched[batch.pk] = opened
+        return snapshot
 
     # Where the provider's list is sorted newest first, one read of it serves every batch it
     # holds; the rest are read one by one, concurrently.
@@ -412,8 +435,10 @@ def _refresh_concurrently(
         pairs.append((unlisted[0], first))
         if not isinstance(first, ProviderAuthenticationError) and len(unlisted) > 1:
             workers = min(int(get_setting("POLL_CONCURRENCY")), len(unlisted) - 1)
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
-                pairs.extend(zip(unlisted[1:], pool.map(read, unlisted[1:]), strict=True))
+            with Readers(read, workers, name="raif-poll") as readers:
+                futures = [readers.put(batch) for batch in unlisted[1:]]
+                wait_all(futures)
+            pairs.extend(zip(unlisted[1:], (f.result() for f in futures), strict=True))
     readable: list[tuple[int, BatchSnapshot]] = []
     for batch, snapshot in pairs:
         if isinstance(snapshot, ProviderAuthenticationError):
@@ -479,19 +504,43 @@ def harvest(
 HARVEST_AHEAD_PAGES = 4
 
 
+class _ResultsBudget:
+    """Results read ahead of their harvest, counted from any thread, within
+    HARVEST_AHEAD_PAGES pages of RESULTS_PAGE_SIZE."""
+
+    def __init__(self) -> None:
+        self.page = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
+        self._left = self.page * HARVEST_AHEAD_PAGES
+        self._lock = threading.Lock()
+
+    def take(self, results: int) -> bool:
+        with self._lock:
+            if results > self._left:
+                return False
+            self._left -= results
+            return True
+
+
 def _harvest_concurrently(
-    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
+    batches: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    report: RunReport,
+    prefetched: Mapping[int, results.OpenedResults] | None = None,
 ) -> None:
     """Harvest many batches, their results read over HTTP in parallel, stored on this thread.
 
-    The first results of up to POLL_CONCURRENCY batches are read at once in threads (HTTP and
-    parsing only), within HARVEST_AHEAD_PAGES pages' worth of results expected from their
-    counts; the next batch's read starts as soon as one is taken. Batches whose results came
-    whole (fewer than a page) are stored together, a page's worth in one transaction
+    The first results of the batches are read in POLL_CONCURRENCY threads (HTTP and parsing
+    only, :class:`~raif_batches.readahead.Readers`), within HARVEST_AHEAD_PAGES pages' worth
+    of results expected from their counts; more are queued as batches are taken. Batches
+    whose results came whole (fewer than a page) are stored together, a page's worth in one
+    transaction
     (:func:`results.fetch_whole_results`); a bigger one is stored alone, reading its further
     pages as it goes. 1,000 small batches that end in one poll then cost about the time of
     their reads divided by the concurrency, and a few statements per page of results.
+    ``prefetched``: results already read with the batches' statuses (their memory counted
+    there), used instead of a read.
     """
+    prefetched = prefetched or {}
     if not batches:
         return
     batches = sorted(batches, key=lambda batch: (batch.provider, batch.pk))
@@ -499,7 +548,13 @@ def _harvest_concurrently(
         _ = strategies[batch.provider]  # build clients before the threads share them
     size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
     workers = max(1, min(int(get_setting("POLL_CONCURRENCY")), len(batches)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-harvest")
+    readers: Readers[ModelCompletionBatch, results.OpenedResults] = Readers(
+        lambda batch: results.open_result_pages(
+            strategies[batch.provider], batch.provider_batch_id
+        ),
+        workers,
+        name="raif-harvest",
+    )
 
     def expected(batch: ModelCompletionBatch) -> int:
         # A batch's first read holds up to a page; a bigger one has the next page in flight.
@@ -510,25 +565,35 @@ def _harvest_concurrently(
     in_memory = 0
 
     def read_ahead(index: int) -> None:
+        # As many reads queued as the bound on memory allows (``workers`` run at a time).
         nonlocal in_memory
-        while len(ahead) < len(batches) and len(ahead) - index < workers:
+        while len(ahead) < len(batches):
             batch = batches[len(ahead)]
             if len(ahead) > index and in_memory + expected(batch) > size * HARVEST_AHEAD_PAGES:
                 return
+            if batch.pk in prefetched:
+                ahead.append(_done(prefetched[batch.pk]))
+                continue
             in_memory += expected(batch)
-            strategy = strategies[batch.provider]
-            ahead.append(
-                pool.submit(results.open_result_pages, strategy, batch.provider_batch_id)
-                if batch.provider_batch_id
-                else None
-            )
+            ahead.append(readers.put(batch) if batch.provider_batch_id else None)
+
+    def wait_for_a_page(index: int) -> None:
+        # Woken once for a page's worth of batches, not once per batch.
+        end, total = index, 0
+        while end < len(ahead) and (end == index or total + expected(batches[end]) <= size):
+            total += expected(batches[end])
+            end += 1
+        wait_all(future for future in ahead[index:end] if future is not None)
 
     group: list[tuple[ModelCompletionBatch, list[ResultEntry]]] = []
+    grouped = 0  # results in the group
 
     def store_group() -> None:
+        nonlocal grouped
         if group:
             _harvest_whole(strategies[group[0][0].provider], list(group), report)
             group.clear()
+            grouped = 0
 
     try:
         for index, batch in enumerate(batches):
@@ -536,15 +601,18 @@ def _harvest_concurrently(
                 break
             read_ahead(index)
             future = ahead[index]
+            if future is not None and not future.done():
+                wait_for_a_page(index)
             opened = future.result() if future is not None else None
-            in_memory -= expected(batch)
+            if batch.pk not in prefetched:
+                in_memory -= expected(batch)
             if opened is not None and opened.whole is not None:
                 if group and (
-                    group[0][0].provider != batch.provider
-                    or sum(len(entries) for _, entries in group) + len(opened.whole) > size
+                    group[0][0].provider != batch.provider or grouped + len(opened.whole) > size
                 ):
                     store_group()
                 group.append((batch, opened.whole))
+                grouped += len(opened.whole)
                 continue
             store_group()
             pages = opened.pages if opened is not None else None
@@ -553,7 +621,13 @@ def _harvest_concurrently(
                 return
         store_group()  # the batches in hand are stored, even when a stop was asked
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        readers.close()
+
+
+def _done(value: results.OpenedResults) -> Future[results.OpenedResults]:
+    future: Future[results.OpenedResults] = Future()
+    future.set_result(value)
+    return future
 
 
 def _harvest_whole(

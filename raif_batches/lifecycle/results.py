@@ -293,15 +293,19 @@ def _apply_locked(
 
 
 def _completions_finished_on_commit(locked: ModelCompletionBatch, custom_ids: list[str]) -> None:
-    transaction.on_commit(
-        lambda: signals.completions_finished.send(
-            sender=ModelCompletion,
-            batch=locked,
-            completions=ModelCompletion.objects.filter(
-                batch_id=locked.pk, batch_custom_id__in=custom_ids
-            ),
-        )
-    )
+    def send() -> None:
+        # The queryset is built only for a listener: 1,000 batches stored together would
+        # otherwise build 1,000 of them for nobody.
+        if signals.completions_finished.has_listeners(ModelCompletion):
+            signals.completions_finished.send(
+                sender=ModelCompletion,
+                batch=locked,
+                completions=ModelCompletion.objects.filter(
+                    batch_id=locked.pk, batch_custom_id__in=custom_ids
+                ),
+            )
+
+    transaction.on_commit(send)
 
 
 def _store_rows(rows: list[dict[str, Any]], where: str, params: list[Any]) -> int:
