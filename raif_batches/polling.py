@@ -318,16 +318,18 @@ def _drive(
                     report.error(batch, error)
             else:
                 to_read.append(batch)
-    # Results of the batches whose status reads say they ended, read by the same threads.
-    prefetched: dict[int, results.OpenedResults] = {}
-    _refresh_concurrently(
-        to_read, strategies, report, worker=worker, released=released, prefetched=prefetched
-    )
-    if report.should_stop():
-        return
-    ids = [batch.pk for batch in claimed]
-    due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
-    _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report, prefetched)
+    prefetch = _Prefetch(strategies)
+    try:
+        _refresh_concurrently(
+            to_read, strategies, report, worker=worker, released=released, prefetch=prefetch
+        )
+        if report.should_stop():
+            return
+        ids = [batch.pk for batch in claimed]
+        due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
+        _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report, prefetch.futures)
+    finally:
+        prefetch.close()
     if report.should_stop():
         return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
@@ -386,36 +388,28 @@ def _refresh_concurrently(
     *,
     worker: str,
     released: set[int],
-    prefetched: dict[int, results.OpenedResults] | None = None,
+    prefetch: _Prefetch | None = None,
 ) -> None:
     """Read every batch's status over HTTP in parallel, then store them all under their row
     locks in one write, which also gives back ``worker``'s leases on those still in flight
     (added to ``released``).
 
-    A thread whose status read would end the batch (:func:`would_end`) reads
-    its first results too, into ``prefetched``, within the harvest's bound on memory: the
-    harvest that follows then waits for no read of small batches, and the reads of statuses
-    and results overlap instead of coming one phase after the other.
+    The first results of the batches whose status read would end them are read at once
+    (``prefetch``): by the thread that read the status, or, for a status read from a list, by
+    the prefetch's own readers while the snapshots are stored.
     """
     if not batches:
         return
     for batch in batches:
         _ = strategies[batch.provider]  # build clients before the threads share them
-    budget = _ResultsBudget()
-    now = db_now()  # earlier than the clock the snapshots are stored on: a cautious guess
 
     def read(batch: ModelCompletionBatch) -> BatchSnapshot | Exception:
-        strategy = strategies[batch.provider]
         try:
-            snapshot = strategy.get_provider_batch(batch.provider_batch_id)
+            snapshot = strategies[batch.provider].get_provider_batch(batch.provider_batch_id)
         except Exception as error:  # reported below, on the calling thread
             return error
-        if prefetched is not None and would_end(batch, snapshot, now):
-            total = count_of(snapshot.counts, "total")
-            if total < budget.page and budget.take(max(total, 1)):
-                # HTTP only, as the status read; the harvest meets any fault it raised.
-                opened = results.open_result_pages(strategy, batch.provider_batch_id)
-                prefetched[batch.pk] = opened
+        if prefetch is not None:
+            prefetch.read_now(batch, snapshot)
         return snapshot
 
     # Where the provider's list is sorted newest first, one read of it serves every batch it
@@ -426,6 +420,10 @@ def _refresh_concurrently(
         for batch in batches
         if batch.provider_batch_id in listed
     ]
+    if prefetch is not None:
+        for batch, answer in pairs:
+            if isinstance(answer, BatchSnapshot):
+                prefetch.queue(batch, answer)
     unlisted = [batch for batch in batches if batch.provider_batch_id not in listed]
     refused = any(isinstance(answer, ProviderAuthenticationError) for _, answer in pairs)
     if unlisted and not refused:
@@ -504,6 +502,52 @@ def harvest(
 HARVEST_AHEAD_PAGES = 4
 
 
+class _Prefetch:
+    """The first results of the batches whose status read would end them
+    (:func:`~raif_batches.lifecycle.transitions.would_end`), read before their snapshots are
+    stored, so that the reads of statuses and of results overlap instead of coming one phase
+    after the other; the harvest then takes them from ``futures``. HTTP only; a wrong guess
+    costs a read. Only batches under a page of results, within the harvest's bound on memory.
+    """
+
+    def __init__(self, strategies: _Strategies) -> None:
+        self.futures: dict[int, Future[results.OpenedResults]] = {}
+        self._strategies = strategies
+        self._budget = _ResultsBudget()
+        self._now = db_now()  # earlier than the clock the snapshots are stored on: cautious
+        self._readers: Readers[tuple[ModelCompletionBatch, BatchSnapshot], Any] | None = None
+
+    def _wanted(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> bool:
+        total = count_of(snapshot.counts, "total")
+        return (
+            total < self._budget.page
+            and would_end(batch, snapshot, self._now)
+            and self._budget.take(max(total, 1))
+        )
+
+    def _open(self, work: tuple[ModelCompletionBatch, BatchSnapshot]) -> results.OpenedResults:
+        batch, snapshot = work
+        strategy = self._strategies[batch.provider]
+        return results.open_result_pages(strategy, batch.provider_batch_id, snapshot)
+
+    def read_now(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> None:
+        """In the thread that read the status."""
+        if self._wanted(batch, snapshot):
+            self.futures[batch.pk] = _done(self._open((batch, snapshot)))
+
+    def queue(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> None:
+        """From the calling thread: read by the prefetch's own threads."""
+        if self._wanted(batch, snapshot):
+            if self._readers is None:
+                workers = int(get_setting("POLL_CONCURRENCY"))
+                self._readers = Readers(self._open, workers, name="raif-prefetch")
+            self.futures[batch.pk] = self._readers.put((batch, snapshot))
+
+    def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
+
+
 class _ResultsBudget:
     """Results read ahead of their harvest, counted from any thread, within
     HARVEST_AHEAD_PAGES pages of RESULTS_PAGE_SIZE."""
@@ -525,7 +569,7 @@ def _harvest_concurrently(
     batches: list[ModelCompletionBatch],
     strategies: _Strategies,
     report: RunReport,
-    prefetched: Mapping[int, results.OpenedResults] | None = None,
+    prefetched: Mapping[int, Future[results.OpenedResults]] | None = None,
 ) -> None:
     """Harvest many batches, their results read over HTTP in parallel, stored on this thread.
 
@@ -572,7 +616,7 @@ def _harvest_concurrently(
             if len(ahead) > index and in_memory + expected(batch) > size * HARVEST_AHEAD_PAGES:
                 return
             if batch.pk in prefetched:
-                ahead.append(_done(prefetched[batch.pk]))
+                ahead.append(prefetched[batch.pk])
                 continue
             in_memory += expected(batch)
             ahead.append(readers.put(batch) if batch.provider_batch_id else None)

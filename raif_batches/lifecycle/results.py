@@ -48,7 +48,7 @@ from ..models import (
     ModelCompletionBatch,
 )
 from ..pricing import ModelPrice, completion_cost, price_for
-from ..providers.base import BatchStrategy, ResultEntry
+from ..providers.base import BatchSnapshot, BatchStrategy, ResultEntry
 from ..storable import CLEANED_KEY, clean_json, clean_text, cost_fits, storable_count
 from .transitions import FAILURE_TEXT_LIMIT, count_of, one_line
 
@@ -145,9 +145,12 @@ class OpenedResults:
     whole: list[ResultEntry] | None = None
 
 
-def open_result_pages(strategy: BatchStrategy, provider_batch_id: str) -> OpenedResults:
+def open_result_pages(
+    strategy: BatchStrategy, provider_batch_id: str, ended_by: BatchSnapshot | None = None
+) -> OpenedResults:
     """Read a batch's first result pages (HTTP only, any thread), until the provider has no
-    more or ``RESULTS_PAGE_SIZE`` results are read.
+    more or ``RESULTS_PAGE_SIZE`` results are read. ``ended_by``: the provider's answer that
+    ends the batch, which may save a call (:meth:`BatchStrategy.iter_result_pages_after`).
 
     What reading raised is raised again where that page would have been, so the caller
     (:func:`fetch_results`) meets the fault as if it had read the page itself.
@@ -156,7 +159,10 @@ def open_result_pages(strategy: BatchStrategy, provider_batch_id: str) -> Opened
     read: list[list[ResultEntry]] = []
     count = 0
     try:
-        pages = strategy.iter_result_pages(provider_batch_id)
+        if ended_by is not None:
+            pages = strategy.iter_result_pages_after(ended_by)
+        else:
+            pages = strategy.iter_result_pages(provider_batch_id)
         while count < limit:
             page = next(pages, None)
             if page is None:

@@ -248,5 +248,10 @@ class BatchStrategy:
     def iter_result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
         raise NotImplementedError
 
+    def iter_result_pages_after(self, ended: BatchSnapshot) -> Iterator[list[ResultEntry]]:
+        """``iter_result_pages`` given the answer in which the provider said the batch ended
+        (read moments ago), which a provider may use to save a call; by default the same."""
+        return self.iter_result_pages(ended.provider_batch_id)
+
     def parse_completion(self, payload: dict[str, Any]) -> ParsedCompletion:
         raise NotImplementedError

@@ -48,7 +48,7 @@ import requests
 from ..conf import get_setting
 from ..exceptions import InvalidBatchRequest, ProviderError
 from ..http import ApiClient, Validator, describe, json_object
-from ..models import ModelCompletion, ModelCompletionBatch
+from ..models import TERMINAL_STATUSES, ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
     BatchListing,
@@ -537,8 +537,20 @@ class OpenAIStrategy(BatchStrategy):
         while the caller stores this one (see :mod:`raif_batches.readahead`)."""
         return read_ahead(self._result_pages(provider_batch_id), name="raif-results")
 
+    def iter_result_pages_after(self, ended: BatchSnapshot) -> Iterator[list[ResultEntry]]:
+        """The files named by the answer that ended the batch: they do not change once it has
+        ended, so the batch is not read again for them."""
+        if ended.status not in TERMINAL_STATUSES or not ended.raw:
+            return self.iter_result_pages(ended.provider_batch_id)
+        pages = self._file_pages(ended.provider_batch_id, ended.raw)
+        return read_ahead(pages, name="raif-results")
+
     def _result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
-        batch = self._get_batch(provider_batch_id)
+        yield from self._file_pages(provider_batch_id, self._get_batch(provider_batch_id))
+
+    def _file_pages(
+        self, provider_batch_id: str, batch: dict[str, Any]
+    ) -> Iterator[list[ResultEntry]]:
         size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
         for key in ("output_file_id", "error_file_id"):
             file = file_id(batch.get(key))
