@@ -211,3 +211,59 @@ def test_results_stored_twice_change_nothing(emulator: Any) -> None:
     assert list(ModelCompletion.objects.order_by("pk").values_list("status", "completed_at")) == (
         before
     )
+
+
+def test_batches_a_list_shows_ended_are_harvested_without_reading_them_again(
+    list_emulator: Any,
+) -> None:
+    ids = in_flight(list_emulator, 5)
+    list_emulator.config.requests_per_read = None  # every line done at the next read
+    gets = calls(list_emulator, "get_batch")
+
+    report = poll(force=True)
+
+    assert report.ok and sorted(report.finished) == sorted(ids), (report.errors, report.notes)
+    assert report.results_applied == 10
+    # The list's answers named the results (OpenAI: the files), read at once: no GET of a batch.
+    assert calls(list_emulator, "get_batch") == gets
+    done = ModelCompletion.objects.filter(batch_id__in=ids, status="completed")
+    assert done.count() == 10
+    assert no_lease_held()
+
+
+def test_read_ahead_reads_two_pages_itself_then_one_ahead_in_a_helper() -> None:
+    import threading
+
+    from raif_batches.readahead import read_ahead
+
+    where: list[str] = []
+
+    def pages(count: int) -> Iterator[int]:
+        for number in range(count):
+            where.append(threading.current_thread().name)
+            yield number
+
+    caller = threading.current_thread().name
+    assert list(read_ahead(pages(1))) == [0] and where == [caller]
+    where.clear()
+    assert list(read_ahead(pages(2))) == [0, 1] and where == [caller, caller]
+    where.clear()
+    assert list(read_ahead(pages(5), name="helper")) == [0, 1, 2, 3, 4]
+    assert where[:2] == [caller, caller]
+    assert all(name.startswith("helper") for name in where[2:])
+
+
+def test_readers_answer_each_item_in_order_and_raise_where_taken() -> None:
+    from raif_batches.readahead import Readers, wait_all
+
+    def read(number: int) -> int:
+        if number == 3:
+            raise ValueError("three")
+        return number * 10
+
+    with Readers(read, 4, name="test-readers") as readers:
+        futures = [readers.put(number) for number in range(8)]
+        wait_all(futures)
+    assert [f.result() for f in futures if f.exception() is None] == [0, 10, 20, 40, 50, 60, 70]
+    with pytest.raises(ValueError, match="three"):
+        futures[3].result()
