@@ -171,7 +171,7 @@ def test_a_poll_in_which_batches_end_costs_the_same_statements_whatever_their_nu
 
     one, three, ten = ending(1), ending(3), ending(10)
     assert three == ten, (one, three, ten)
-    assert one <= three <= 25, (one, three, ten)
+    assert one <= three <= 30, (one, three, ten)  # 20 on SQLite, 27 on PostgreSQL (COPY)
 
 
 def test_create_batch_queries_grow_with_insert_chunks_not_rows(
