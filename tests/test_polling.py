@@ -267,3 +267,27 @@ def test_readers_answer_each_item_in_order_and_raise_where_taken() -> None:
     assert [f.result() for f in futures if f.exception() is None] == [0, 10, 20, 40, 50, 60, 70]
     with pytest.raises(ValueError, match="three"):
         futures[3].result()
+
+
+@pytest.mark.parametrize(
+    ("status", "counts", "ends"),
+    [
+        ("ended", {"total": 2, "pending": 0, "succeeded": 2}, True),
+        ("in_progress", {"total": 2, "pending": 0, "succeeded": 2}, False),  # believed
+        (None, {"total": 2, "pending": 1, "succeeded": 1}, False),
+        (None, {"total": 2, "pending": 0, "succeeded": 2}, True),  # xAI: from the counters
+        (None, {"total": 0, "pending": 0}, False),  # still validating
+    ],
+)
+def test_would_end_says_what_storing_the_snapshot_would_decide(
+    status: str | None, counts: dict[str, int], ends: bool
+) -> None:
+    from django.utils import timezone
+
+    from raif_batches.lifecycle.transitions import would_end
+    from raif_batches.providers.base import BatchSnapshot
+
+    batch = ModelCompletionBatch(status="in_progress", provider_batch_id="b-1")
+    snapshot = BatchSnapshot(provider_batch_id="b-1", status=status, counts=counts)
+    assert would_end(batch, snapshot, timezone.now()) is ends
+    assert batch.status == "in_progress" and batch.request_counts != counts  # unchanged

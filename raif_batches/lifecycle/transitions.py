@@ -96,6 +96,10 @@ def would_end(batch: ModelCompletionBatch, snapshot: BatchSnapshot, now: datetim
     """Whether storing ``snapshot`` at ``now`` would end ``batch`` (as :func:`store_snapshot`
     decides), without changing it. A poll reads such a batch's first results at once, in the
     thread that read its status; the status itself is decided again under the row lock."""
+    if snapshot.status is not None and snapshot.status not in TERMINAL_STATUSES:
+        return False  # a provider's status is believed: not terminal, never ends the batch
+    if snapshot.status is None and count_of(snapshot.counts, "pending") > 0:
+        return False  # derived from the counters: nothing ends while lines are pending
     probe = copy.copy(batch)
     try:
         store_snapshot(probe, snapshot, now)
