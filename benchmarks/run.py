@@ -18,6 +18,11 @@ Why queries are counted with ``connection.execute_wrapper`` rather than
 ``CaptureQueriesContext``: the latter keeps at most 9,000 statements (the per-row baseline runs
 more) and renders every statement's SQL while the clock runs. Both count the same thing: one per
 ``execute``/``executemany`` sent on the connection. The tests use ``CaptureQueriesContext``.
+
+``--scale`` runs the admin at scale instead (``benchmarks/admin_scale.py``): 5,000,000
+completions in 100,000 batches, built with SQL once and kept, then every admin page timed. Its
+database is ``DATABASE_URL`` too, by default its own (``raif_admin``): the other operations
+empty the raif_batches tables of theirs.
 """
 
 from __future__ import annotations
@@ -90,7 +95,13 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--quick", action="store_true", help="small sizes (see QUICK)")
+    parser.add_argument(
+        "--scale", action="store_true", help="the admin pages at 5M completions (admin_scale)"
+    )
     args = parser.parse_args()
+    if args.scale:
+        admin_scale = [sys.executable, "-m", "benchmarks.admin_scale"]
+        raise SystemExit(subprocess.run(admin_scale, cwd=ROOT, check=False).returncode)
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)

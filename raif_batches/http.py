@@ -155,9 +155,19 @@ def scrub_response(response: Any) -> None:
 
 
 def retry_after_seconds(response: requests.Response | None) -> float | None:
-    """Seconds asked by ``Retry-After`` (a number or an HTTP date); None when absent or bad."""
+    """Seconds asked by ``retry-after-ms`` (OpenAI's and Anthropic's, in milliseconds) or else
+    ``Retry-After`` (a number or an HTTP date); None when absent or bad."""
     if response is None:
         return None
+    millis = response.headers.get("retry-after-ms")
+    if millis:
+        try:
+            seconds = float(millis) / 1000
+        except ValueError:
+            pass
+        else:
+            if 0 <= seconds < float("inf"):
+                return seconds
     value = response.headers.get("Retry-After")
     if not value:
         return None

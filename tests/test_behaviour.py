@@ -13,6 +13,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -184,6 +185,21 @@ def test_a_results_read_cut_short_is_read_again_in_full(any_emulator: Any, kind:
     assert_totals_are_sums(batch)
 
 
+@pytest.mark.parametrize(
+    "body", [b"{}", b'{"custom_id": ""}', b"<html><body>502 Bad Gateway</body></html>"]
+)
+def test_a_results_body_bent_on_the_way_is_read_again_not_failed(
+    any_emulator: Any, body: bytes
+) -> None:
+    """A 200 whose body is not the results (a proxy's page, an object without an id) skips
+    what it cannot read; the lines it may have held are read again, not failed."""
+    batch = new_batch(any_emulator.provider, 3)
+    any_emulator.add_fault(Fault("list_results", "raw", status=200, raw_body=body))
+    batch = drive(batch, any_emulator)
+    assert batch.completions.filter(status="completed").count() == 3
+    assert_totals_are_sums(batch)
+
+
 def test_a_cancel_keeps_the_results_already_produced(any_realistic_emulator: Any) -> None:
     emu = any_realistic_emulator
     emu.config.requests_per_read = 1
@@ -310,6 +326,56 @@ def test_pollers_in_processes_store_each_result_once(any_emulator: Any, audit: A
     for batch in batches:
         batch.refresh_from_db()
         assert batch.claimed_by == ""
+        assert_totals_are_sums(batch)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_cancel_and_poll_at_once_in_processes_keep_every_result_once(
+    any_realistic_emulator: Any, audit: Any
+) -> None:
+    emu = any_realistic_emulator
+    emu.config.requests_per_read = 1
+    emu.config.share_per_read = 0.0
+    emu.config.seconds_per_request = 0.0
+    emu.config.latency = 0.02
+    batches = [
+        create_batch(provider=emu.provider, requests=requests_for(5, prefix=f"c{n}"))
+        for n in range(6)
+    ]
+    submit()
+    for _ in range(4):  # through any validation phase: some lines finished, most pending
+        poll(force=True)
+    env = environment(emu)
+    ids = [str(batch.pk) for batch in batches]
+    cancelled, polled = run_together(env, ("cancel_batch", *ids), ("poll_batches", "--force"))
+    assert polled.returncode == 0, polled.stderr
+    # A batch that ended first is refused by name, in the one line; nothing else fails.
+    refused = re.findall(r"batch (\d+): Batch \1 is already ended", cancelled.stderr)
+    assert cancelled.returncode == (1 if refused else 0), cancelled.stderr
+    for _ in range(10):
+        if not ModelCompletionBatch.objects.filter(results_fetched_at__isnull=True).exists():
+            break
+        emu.state.advance(61)
+        run_together(env, ("poll_batches", "--force"))
+    completions = ModelCompletion.objects.filter(batch__in=batches)
+    assert audit("harvest") == Counter({batch.pk: 1 for batch in batches})
+    assert audit("result") == Counter({pk: 1 for pk in completions.values_list("pk", flat=True)})
+    assert provider_batches(emu) == 6
+    served = {
+        line.custom_id
+        for b in emu.state.batches.values()
+        for line in b.lines
+        if line.state == "succeeded" and getattr(line, "in_files", True)
+    }
+    assert (
+        set(completions.filter(status="completed").values_list("batch_custom_id", flat=True))
+        == served
+    )
+    for batch in batches:
+        batch.refresh_from_db()
+        assert batch.status in ("canceled", "ended") and batch.claimed_by == ""
+        assert not batch.completions.filter(status="pending").exists()
         assert_totals_are_sums(batch)
 
 

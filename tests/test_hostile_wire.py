@@ -570,3 +570,24 @@ def test_requests_errors_are_provider_errors(keyed_emulator: Any) -> None:
     assert isinstance(error, ProviderError)
     assert not isinstance(error, requests.exceptions.ContentDecodingError)
     assert error.__cause__ is None and error.__context__ is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after-ms": "250"}, 0.25),  # OpenAI's and Anthropic's, preferred when present
+        ({"retry-after-ms": "1500", "Retry-After": "9"}, 1.5),
+        ({"retry-after-ms": "soon", "Retry-After": "2"}, 2.0),  # unreadable: the other header
+        ({"retry-after-ms": "-5", "Retry-After": "3"}, 3.0),
+        ({"Retry-After": "4"}, 4.0),
+        ({}, None),
+    ],
+)
+def test_the_wait_a_provider_asks_for_is_read_from_either_header(
+    headers: dict[str, str], seconds: float | None
+) -> None:
+    from raif_batches.http import retry_after_seconds
+
+    response = requests.Response()
+    response.headers.update(headers)
+    assert retry_after_seconds(response) == seconds

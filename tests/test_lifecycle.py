@@ -320,7 +320,7 @@ def test_cancel_keeps_results_produced_and_waits_for_reverted_counts(
     assert cancelled.count() == 8 - succeeded
     assert {c.failure_reason for c in cancelled} <= {
         "Batch cancelled",
-        "The batch was canceled before it ran.",
+        "The batch was canceled and the provider returned no result for it.",
     }
 
 

@@ -8,6 +8,8 @@ The package, as Django's own admin is split:
   permission;
 - ``object_actions``: the mixin that offers those actions as buttons on a batch's page;
 - ``filters`` and ``changelists``: sidebar filters and counts that stay cheap at millions of rows;
+- ``rows``: the change lists' rows, rendered once per page rather than cell by cell (through
+  ``templates/admin/raif_batches/change_list.html`` and the ``raif_batches_admin`` tag library);
 - ``rendering``: the small renderers (badges, money, times, progress, JSON), with the larger
   HTML fragments as templates under ``templates/raif_batches/admin/``.
 

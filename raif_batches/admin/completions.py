@@ -7,7 +7,10 @@
   order off the ``(batch, id)`` index; unfiltered, newest first off the primary key. No column
   sort is offered: any other order would sort millions of rows for one page.
 - **Bounded counts** (``changelists``): an estimate for the whole table, an exact count within a
-  batch, a capped one otherwise.
+  batch, a capped one otherwise; no sidebar counts ("Show counts" would count every row once
+  per filter choice).
+- **Filters an index serves** (``filters``): by batch, by status (the ``(status, id)`` index
+  across batches), and by completion date once a batch is chosen (that column has no index).
 - **Search within a batch, by exact custom id.** Custom ids are unique per batch and indexed with
   it; a substring search, or one across every batch, would read every row it covers, so the
   list asks for a batch first and matches the whole id.
@@ -26,7 +29,7 @@ from django.db.models import Model, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from .changelists import (
     BATCH_COUNT_LIMIT,
@@ -34,11 +37,12 @@ from .changelists import (
     BoundedCountPaginator,
     CompletionChangeList,
 )
-from .filters import BatchFilter
+from .filters import BatchFilter, DateWithinBatchFilter, selected_batch
 from .rendering import (
     CSS,
     batch_change_url,
     clipped,
+    escaped,
     fieldset_names,
     money,
     pretty_json,
@@ -46,11 +50,6 @@ from .rendering import (
     short_time,
     status_badge,
 )
-
-
-def selected_batch(request: HttpRequest) -> int | None:
-    value = request.GET.get(BatchFilter.parameter_name, "")
-    return int(value) if value.isdigit() else None
 
 
 class ModelCompletionAdmin(admin.ModelAdmin):
@@ -66,12 +65,14 @@ class ModelCompletionAdmin(admin.ModelAdmin):
         "completed",
     )
     sortable_by = ()
-    list_filter = (BatchFilter, "status", ("completed_at", admin.DateFieldListFilter))
+    list_filter = (BatchFilter, "status", ("completed_at", DateWithinBatchFilter))
     search_fields = ("batch_custom_id",)
     search_help_text = "Search by exact custom id within the selected batch."
     list_per_page = 100
-    # The unfiltered total would count every completion of every batch on each page view.
+    # The unfiltered total would count every completion of every batch on each page view, and
+    # the sidebar's counts ("Show counts") every completion once per filter choice.
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     fieldsets = (
         (None, {"fields": ("batch_link", "batch_custom_id", "status_badge", "source_link")}),
         (
@@ -173,7 +174,7 @@ class ModelCompletionAdmin(admin.ModelAdmin):
     @admin.display(description="batch")
     def batch_link(self, obj: Any) -> SafeString:
         # The id alone: the batch's name would cost a join on every row.
-        return format_html('<a href="{}">#{}</a>', batch_change_url(obj.batch_id), obj.batch_id)
+        return mark_safe(f'<a href="{escaped(batch_change_url(obj.batch_id))}">#{obj.batch_id}</a>')
 
     @admin.display(description="status")
     def status_badge(self, obj: Any) -> SafeString:
@@ -183,11 +184,11 @@ class ModelCompletionAdmin(admin.ModelAdmin):
     def tokens(self, obj: Any) -> SafeString:
         if obj.total_tokens is None:
             return clipped("")
-        return format_html(
-            '<span class="raif-tokens-cell" title="{} prompt + {} completion">{}</span>',
-            obj.prompt_tokens if obj.prompt_tokens is not None else "?",
-            obj.completion_tokens if obj.completion_tokens is not None else "?",
-            obj.total_tokens,
+        prompt = obj.prompt_tokens if obj.prompt_tokens is not None else "?"
+        completion = obj.completion_tokens if obj.completion_tokens is not None else "?"
+        return mark_safe(
+            f'<span class="raif-tokens-cell" title="{prompt} prompt + {completion} completion">'
+            f"{escaped(obj.total_tokens)}</span>"
         )
 
     @admin.display(description="cost")

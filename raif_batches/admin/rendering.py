@@ -1,23 +1,26 @@
 """Small renderers shared by the admin pages: badges, money, times, progress, JSON and text.
 
-Rules: every value a provider or a model wrote is escaped (``format_html`` or an autoescaping
-template), never marked safe; money is shown by one formatter (``money``) everywhere, so a cost
-reads the same in both lists and on both pages; the larger fragments are templates under
-``raif_batches/admin/`` so that their markup can be read (and overridden) as HTML.
+Rules: every value a provider or a model wrote is escaped (``format_html``, ``escaped`` in the
+renderers a list calls for each row, or an autoescaping template), never marked safe; money is
+shown by one formatter (``money``) everywhere, so a cost reads the same in both lists and on
+both pages; the larger fragments are templates under ``raif_batches/admin/`` so that their
+markup can be read (and overridden) as HTML.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from django.template.loader import render_to_string
 from django.urls import reverse
-from django.utils import formats, timezone
-from django.utils.dateformat import DateFormat
-from django.utils.html import format_html, format_html_join
+from django.utils import formats, timezone, translation
+from django.utils.dates import MONTHS_3
+from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString, mark_safe
 
@@ -28,6 +31,7 @@ from ..models import ModelCompletionBatch
 COUNT_KEYS = ("total", "pending", "succeeded", "failed", "cancelled")
 #: Digits after the point that money is shown with; the exact stored value is in the tooltip.
 MONEY_PLACES = 6
+MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_PLACES)
 CSS = {"all": ("raif_batches/admin.css",)}
 TEMPLATES = "raif_batches/admin/"
 
@@ -49,17 +53,28 @@ def counts_of(batch: ModelCompletionBatch) -> dict[str, int]:
     return counts
 
 
+def escaped(value: Any) -> str:
+    """``value`` as text escaped for HTML, exactly as ``django.utils.html.escape`` does it.
+
+    Both call ``html.escape``; this skips Django's lazy-string check and ``SafeString``, for the
+    renderers that run for every cell of a 100-row list. Never for text already safe HTML: it
+    would be escaped twice.
+    """
+    return html.escape(str(value))
+
+
 def number(value: int) -> str:
     return formats.number_format(value, force_grouping=True)
 
 
 def muted(text: str = "—") -> SafeString:
-    return format_html('<span class="raif-muted">{}</span>', text)
+    return mark_safe(f'<span class="raif-muted">{escaped(text)}</span>')
 
 
 def status_badge(status: str, label: str) -> SafeString:
-    return format_html(
-        '<span class="raif-badge raif-status-{}">{}</span>', status.replace("_", "-"), label
+    return mark_safe(
+        f'<span class="raif-badge raif-status-{escaped(status.replace("_", "-"))}">'
+        f"{escaped(label)}</span>"
     )
 
 
@@ -73,23 +88,21 @@ def progress_bar(batch: ModelCompletionBatch, *, wide: bool = False) -> SafeStri
         share = 100.0 * counts[key] / total if total else 0.0
         if share:
             segments.append((key, f"{share:.2f}"))
+    # Integers and the labels above only; built as a string, not a template or format_html:
+    # this runs for each of a list's 100 rows.
     title = (
         f"{counts['succeeded']} succeeded, {counts['failed']} failed, "
         f"{counts['cancelled']} cancelled, {counts['pending']} pending of {total}"
     )
-    # format_html, not a template: this runs for each of a list's 100 rows.
-    bar = format_html_join(
-        "", '<span class="raif-progress-{}" style="width: {}%"></span>', segments
+    bar = "".join(
+        f'<span class="raif-progress-{key}" style="width: {share}%"></span>'
+        for key, share in segments
     )
-    return format_html(
-        '<div class="raif-progress-wrap{}" title="{}"><div class="raif-progress" role="img" '
-        'aria-label="{}">{}</div><span class="raif-progress-label">{} / {}</span></div>',
-        " raif-progress-wide" if wide else "",
-        title,
-        title,
-        bar,
-        number(done),
-        number(total),
+    return mark_safe(
+        f'<div class="raif-progress-wrap{" raif-progress-wide" if wide else ""}" title="{title}">'
+        f'<div class="raif-progress" role="img" aria-label="{title}">{bar}</div>'
+        f'<span class="raif-progress-label">{escaped(number(done))} / {escaped(number(total))}'
+        "</span></div>"
     )
 
 
@@ -98,26 +111,41 @@ def money(value: Decimal | None) -> SafeString:
     if value is None:
         return muted()
     exact = format(value.normalize(), "f")
-    shown = format(value.quantize(Decimal(1).scaleb(-MONEY_PLACES)), "f")
-    return format_html('<span class="raif-money" title="${}">${}</span>', exact, shown)
+    shown = format(value.quantize(MONEY_QUANTUM), "f")
+    return mark_safe(f'<span class="raif-money" title="${exact}">${shown}</span>')
 
 
 def short_time(value: datetime | None) -> SafeString:
+    """A time short enough for three time columns beside the filters, the full one in the tooltip.
+
+    The year is shown only when it is not this year's. Built by hand rather than by
+    ``format_html`` and ``DateFormat``: this runs three times for each of a list's 100 rows, and
+    those two were most of the list's rendering time. The parts are ours (digits, the zone's
+    abbreviation, a translated month name) and are escaped all the same.
+    """
     if value is None:
         return muted()
-    local = timezone.localtime(value)
-    # Short enough for three time columns beside the filters; the year only when it differs.
-    # DateFormat directly: formats.date_format looks each format up as a setting name first,
-    # which was most of a 100-row list's rendering time (three times per row).
-    day = "M j" if local.year == timezone.localtime().year else "M j, Y"
-    return format_html(
-        '<time class="raif-time" datetime="{}" title="{}">{} <span class="raif-muted">{}</span>'
-        "</time>",
-        value.isoformat(),
-        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        DateFormat(local).format(day),  # the month's name, translated
-        local.strftime("%H:%M"),
+    zone = timezone.get_current_timezone()
+    local = value.astimezone(zone)
+    full = local.strftime("%Y-%m-%d %H:%M:%S %Z")
+    day = f"{month_abbreviation(local.month)} {local.day}"
+    if local.year != datetime.now(zone).year:
+        day = f"{day}, {local.year}"
+    return mark_safe(
+        f'<time class="raif-time" datetime="{escaped(value.isoformat())}" title="{escaped(full)}">'
+        f'{escaped(day)} <span class="raif-muted">{escaped(full[11:16])}</span></time>'
     )
+
+
+def month_abbreviation(month: int) -> str:
+    """The month's three-letter name in the active language, as ``DateFormat``'s ``M``."""
+    return _month_abbreviations(translation.get_language())[month]
+
+
+@lru_cache(maxsize=64)
+def _month_abbreviations(language: str | None) -> dict[int, str]:
+    # Evaluated with ``language`` active: the cache key is the language the names are in.
+    return {month: str(name).title() for month, name in MONTHS_3.items()}
 
 
 def elapsed(delta: timedelta) -> str:
@@ -150,7 +178,9 @@ def clipped(text: str, width: int = 80) -> SafeString:
     flat = " ".join(text.split())
     if not flat:
         return muted()
-    return format_html('<span class="raif-clip" title="{}">{}</span>', flat, flat[: width * 4])
+    return mark_safe(
+        f'<span class="raif-clip" title="{escaped(flat)}">{escaped(flat[: width * 4])}</span>'
+    )
 
 
 def when(value: datetime | None) -> str:

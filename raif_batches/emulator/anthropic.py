@@ -1,8 +1,9 @@
 """A local stand-in for Anthropic's Message Batches API, as the fact sheet describes it.
 
 Same control surface as xAI's emulator (:mod:`.state`, :mod:`.server`): a lazy state under one
-``RLock`` (a batch moves on only when a call observes it, by reads and emulator time), the same
-knob names where they mean the same (``latency``, ``seed``, ``transient_failure_rate``,
+``RLock`` (a batch moves on only when a call observes it, by reads and emulator time; a read is
+a GET of the batch or its entry on a served list page), the same knob names where they mean the
+same (``latency``, ``seed``, ``transient_failure_rate``,
 ``requests_per_read``, ``share_per_read``, ``seconds_per_request``, ``max_page_size``,
 ``default_page_size``, ``expire_after_seconds``, ``supported_models``, ``prices``,
 ``missing_result_ids``...), the same faults and endpoint names (``create_batch``,
@@ -160,8 +161,8 @@ class AnthropicEmulatorConfig:
     latency: float = 0.0
     seed: int = 0
     transient_failure_rate: float = 0.0
-    requests_per_read: int | None = None  # lines finished per GET of the batch
-    share_per_read: float = 0.25  # else this share of the batch per GET (at least one line)
+    requests_per_read: int | None = None  # lines finished per read (a GET, or a served list entry)
+    share_per_read: float = 0.25  # else this share per read (at least one line)
     seconds_per_request: float = 0.0  # emulator seconds per finished line (0: off)
     validation_reads: int = 0  # accepted and ignored: Anthropic has no validation phase
     max_page_size: int = 1000  # larger limits (up to the API's 1000) are served this many
@@ -415,8 +416,8 @@ class AnthropicEmulatorState:
                 has_more = True
                 if not page:
                     page = ordered[:take]
-            for batch in page:  # only the batches listed, as a server pages its store
-                self._observe(batch)
+            for batch in page:  # an entry on a served page is a look at it, as a GET is
+                self._observe(batch, read=True)
             return {
                 "data": [self._view(b) for b in page],
                 "has_more": has_more,

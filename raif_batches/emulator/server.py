@@ -398,6 +398,11 @@ class EmulatorServer:
         return self.state.config
 
     @property
+    def endpoints(self) -> frozenset[str]:
+        """The names of the endpoints this provider has (what a :class:`Fault` may target)."""
+        return frozenset(name for _, _, name in self.routes)
+
+    @property
     def origin(self) -> str:
         """``http://host:port``, without the path prefix."""
         host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host

@@ -23,7 +23,7 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -48,7 +48,7 @@ from ..models import (
     ModelCompletionBatch,
 )
 from ..pricing import ModelPrice, completion_cost, price_for
-from ..providers.base import BatchSnapshot, BatchStrategy, ResultEntry
+from ..providers.base import BatchSnapshot, BatchStrategy, ResultEntry, ResultPage
 from ..storable import CLEANED_KEY, clean_json, clean_text, cost_fits, storable_count
 from .transitions import FAILURE_TEXT_LIMIT, count_of, one_line
 
@@ -116,19 +116,22 @@ def fetch_results(
     if batch.results_fetched_at is not None:
         return 0
     prices = Prices()  # as configured now, for this whole harvest
-    applied = 0
+    applied = unreadable = 0
     if batch.provider_batch_id:
         try:
             if pages is None:
                 pages = strategy.iter_result_pages(batch.provider_batch_id)
             for page in pages:
                 applied += apply_result_page(batch, page, prices)
+                unreadable += getattr(page, "unreadable", 0)
         except ProviderError as error:
             if not _results_gone(error) or not _results_gone_for_good(batch, error):
                 raise
             finish_results(batch, unavailable=error)
             return applied
-    finish_results(batch, counters_lead=strategy.results_lag_counters)
+    # Entries skipped as unreadable (not JSON, no custom id) may have been some of our lines:
+    # a body bent on the way (a proxy, a cut file) is read again before they are failed.
+    finish_results(batch, counters_lead=strategy.results_lag_counters, unreadable=unreadable > 0)
     return applied
 
 
@@ -166,7 +169,9 @@ def open_result_pages(
         while count < limit:
             page = next(pages, None)
             if page is None:
-                return OpenedResults(iter(read), whole=[e for page in read for e in page])
+                whole = ResultPage(entry for page in read for entry in page)
+                whole.unreadable = sum(getattr(page, "unreadable", 0) for page in read)
+                return OpenedResults(iter(read), whole=whole)
             read.append(page)
             count += len(page)
     except Exception as error:
@@ -471,6 +476,7 @@ def finish_results(
     *,
     unavailable: ProviderError | None = None,
     counters_lead: bool = True,
+    unreadable: bool = False,
 ) -> ModelCompletionBatch:
     """Fail what the provider never answered, total the costs, mark the results fetched.
 
@@ -479,13 +485,21 @@ def finish_results(
     recorded (``results_lacking_since``, ``results_stored_count``) and a later read scheduled
     (``results_next_read_at``, with backoff), until ``RESULTS_WAIT_SECONDS`` have passed since
     the first short harvest. Without it, what the provider served once the batch ended is the
-    whole truth. ``unavailable`` (the results are gone) ends the harvest at once.
+    whole truth, unless ``unreadable`` (the read skipped entries it could not read) while lines
+    are still pending: then they are waited for in the same way, since the skipped entries may
+    have been theirs. ``unavailable`` (the results are gone) ends the harvest at once.
     """
     now = db_now()
     with transaction.atomic():
         locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
         if locked.results_fetched_at is None:
-            _finish_locked([locked], now, unavailable=unavailable, counters_lead=counters_lead)
+            _finish_locked(
+                [locked],
+                now,
+                unavailable=unavailable,
+                counters_lead=counters_lead,
+                unreadable={locked.pk} if unreadable else frozenset(),
+            )
     return locked
 
 
@@ -515,7 +529,11 @@ def fetch_whole_results(
             if row.is_terminal and row.results_fetched_at is None
         ]
         applied = _apply_locked([(row, by_pk[row.pk][1]) for row in locked], prices, now)
-        _finish_locked(locked, now, counters_lead=strategy.results_lag_counters)
+        # As fetch_results: entries skipped as unreadable make the batch read again first.
+        unreadable = {row.pk for row in locked if getattr(by_pk[row.pk][1], "unreadable", 0)}
+        _finish_locked(
+            locked, now, counters_lead=strategy.results_lag_counters, unreadable=unreadable
+        )
     taken = {row.pk for row in locked}
     return applied, locked, [by_pk[pk] for pk in by_pk if pk not in taken]
 
@@ -542,10 +560,12 @@ def _finish_locked(
     *,
     counters_lead: bool,
     unavailable: ProviderError | None = None,
+    unreadable: Collection[int] = frozenset(),
 ) -> None:
     """:func:`finish_results` for batches whose rows the caller's transaction has locked and
     whose results are not fetched yet: one tally of their lines, one update of the lines left
-    pending (per reason), one write of the batches."""
+    pending (per reason), one write of the batches. ``unreadable``: the batches whose read
+    skipped entries it could not read."""
     if not batches:
         return
     wait = float(get_setting("RESULTS_WAIT_SECONDS"))
@@ -562,26 +582,37 @@ def _finish_locked(
             ),
             BatchStatus.CANCELED: (
                 FailureKind.BATCH_CANCELED,
-                "The batch was canceled before it ran.",
+                "The batch was canceled and the provider returned no result for it.",
             ),
-            BatchStatus.EXPIRED: (FailureKind.BATCH_EXPIRED, "The batch expired before it ran."),
+            BatchStatus.EXPIRED: (
+                FailureKind.BATCH_EXPIRED,
+                "The batch expired and the provider returned no result for it.",
+            ),
             BatchStatus.FAILED: (
                 FailureKind.BATCH_FAILED,
                 locked.failure_reason or "The provider failed the batch.",
             ),
         }[BatchStatus(locked.status)]
         short = None if unavailable is not None or not counters_lead else _short(locked, tally)
+        if short is None and locked.pk in unreadable and unavailable is None:
+            short = _lines_short(tally)
         if short is not None:
             stored, expected = short
             since = locked.results_lacking_since or now
             if now - since < timedelta(seconds=wait):
                 _wait_for_results(locked, now, since, stored, expected)
                 continue
-            if locked.status == BatchStatus.ENDED:
+            if locked.status == BatchStatus.ENDED and counters_lead:
                 reason = (
                     FailureKind.ENTRY_MISSING,
                     "The provider counted this result but never served it, "
                     f"after waiting {wait:g} s.",
+                )
+            elif locked.status == BatchStatus.ENDED:
+                reason = (
+                    FailureKind.ENTRY_MISSING,
+                    "The provider's results held entries that could not be read and none for "
+                    f"this line, read again over {wait:g} s.",
                 )
         if unavailable is not None:
             reason = (
@@ -787,6 +818,12 @@ def _short(batch: ModelCompletionBatch, tally: dict[str, Any]) -> tuple[int, int
     if not tally["pending"]:
         return None  # nothing left to wait for, whatever the counters say
     return tally["counted"], expected
+
+
+def _lines_short(tally: dict[str, Any]) -> tuple[int, int] | None:
+    """(lines with an outcome, lines) while some line is still pending."""
+    total, pending = tally["all"], tally["pending"]
+    return (total - pending, total) if pending else None
 
 
 def _results_backoff(attempts: int, remaining: timedelta) -> timedelta:

@@ -78,6 +78,7 @@ from .base import (
     LostCreate,
     ParsedCompletion,
     ResultEntry,
+    ResultPage,
 )
 
 logger = logging.getLogger("raif_batches.anthropic")
@@ -791,15 +792,19 @@ class AnthropicStrategy(BatchStrategy):
         size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
         with tempfile.TemporaryFile() as sink:
             self.client.download(path, sink)
-            page: list[ResultEntry] = []
+            page = ResultPage()
             for raw in iter(lambda: sink.readline(MAX_RESULT_LINE_BYTES + 1), b""):
+                if not raw.strip():
+                    continue  # blank lines between results are allowed
                 entry = self._parse_line(raw)
-                if entry is not None:
+                if entry is None:
+                    page.unreadable += 1
+                else:
                     page.append(entry)
                 if len(page) >= size:
                     yield page
-                    page = []
-            if page:
+                    page = ResultPage()
+            if page or page.unreadable:
                 yield page
 
     def _parse_line(self, raw: bytes) -> ResultEntry | None:

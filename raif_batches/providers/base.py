@@ -155,6 +155,14 @@ class ResultEntry:
     not_run: str | None = None
 
 
+class ResultPage(list[ResultEntry]):
+    """A page of a batch's results that also counts the entries it skipped as unreadable (not
+    JSON, not an object, no custom id): some of the batch's lines may have been among them, so
+    the harvest reads again before failing lines it did not see. A plain list counts none."""
+
+    unreadable: int = 0
+
+
 class BatchStrategy:
     """One provider's wire format. Subclasses set ``provider`` and implement the wire hooks.
 

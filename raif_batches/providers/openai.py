@@ -58,6 +58,7 @@ from .base import (
     LostCreate,
     ParsedCompletion,
     ResultEntry,
+    ResultPage,
 )
 from .xai import parse_chat_completion
 
@@ -559,16 +560,17 @@ class OpenAIStrategy(BatchStrategy):
             with tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024) as sink:
                 written = self.client.download(f"/files/{quote(file, safe='')}/content", sink)
                 logger.info("OpenAI batch %s: %s is %d bytes", provider_batch_id, key, written)
-                page: list[ResultEntry] = []
+                page = ResultPage()
                 for line in iter_jsonl(sink):
                     entry = self._parse_line(line)
                     if entry is None:
+                        page.unreadable += 1
                         continue
                     page.append(entry)
                     if len(page) >= size:
                         yield page
-                        page = []
-                if page:
+                        page = ResultPage()
+                if page or page.unreadable:
                     yield page
 
     def _parse_line(self, line: bytes) -> ResultEntry | None:

@@ -38,6 +38,7 @@ from .base import (
     LostCreate,
     ParsedCompletion,
     ResultEntry,
+    ResultPage,
 )
 
 logger = logging.getLogger("raif_batches.xai")
@@ -432,11 +433,12 @@ class XAIStrategy(BatchStrategy):
 
     def _result_pages(self, path: str) -> Iterator[list[ResultEntry]]:
         for page in self._pages(path, "results"):
-            entries: list[ResultEntry] = []
+            entries = ResultPage()
             for item in page:
                 custom_id = item.get("batch_request_id") or item.get("custom_id")
                 if isinstance(custom_id, bool) or not isinstance(custom_id, str | int):
                     self.ignored_entries["without an id"] += 1
+                    entries.unreadable += 1
                     logger.warning("xAI result without an id skipped: %.200r", item)
                     continue
                 entries.append(self.parse_entry(str(custom_id), item))

@@ -7,7 +7,9 @@ the ones the tally and the report use:
   batch under its name (and its stored id is that batch's); one never submitted has none; no
   provider batch under our prefix is left without a local row unless the provider cancelled it;
 - ``outcome``: every line of a harvested batch stores what the provider holds: succeeded ↔
-  completed with the provider's text, tokens and cost; failed or cancelled ↔ failed;
+  completed with the provider's text and tokens, and its cost (xAI's own figure; elsewhere a
+  price-table cost, positive and the sum of its parts); failed, cancelled, expired or never
+  served ↔ failed;
 - ``stuck``: after settling, every batch is terminal with its results fetched, or was canceled
   before it was ever sent;
 - ``totals``: a harvested batch's counts and cost equal the sum of its lines;
@@ -27,21 +29,36 @@ from django.utils import timezone
 from raif_batches.clock import db_now
 from raif_batches.models import TERMINAL_STATUSES, ModelCompletionBatch
 
+from .providers import NOT_ANSWERED, ProviderModel, Remote, RemoteLine
+
 Violation = tuple[str, str]
-TICK = Decimal("1e-10")
 
 
-def provider_names(emulator: Any) -> Counter[str]:
-    return Counter(b.name for b in list(emulator.state.batches.values()))
+class View:
+    """The provider's record as the invariants read it: a :class:`ProviderModel` bound to its
+    emulator and to the history's custom id -> local batch name map."""
+
+    def __init__(self, model: ProviderModel, emulator: Any, names: dict[str, str]) -> None:
+        self.model, self.emulator, self.names = model, emulator, names
+
+    def remotes(self) -> list[Remote]:
+        return self.model.remotes(self.emulator, self.names)
+
+    def lines(self, provider_batch_id: str) -> dict[str, RemoteLine] | None:
+        return self.model.lines(self.emulator, provider_batch_id)
 
 
-def duplicates(emulator: Any) -> list[Violation]:
+def provider_names(view: View) -> Counter[str]:
+    return Counter(r.name for r in view.remotes() if r.name)
+
+
+def duplicates(view: View) -> list[Violation]:
     """Checked after every step: a second paid batch is a violation the moment it exists."""
     found = []
-    for name, count in provider_names(emulator).items():
+    remotes = view.remotes()
+    for name, count in Counter(r.name for r in remotes if r.name).items():
         if count > 1:
-            batches = [b for b in emulator.state.batches.values() if b.name == name]
-            cancelled = sum(1 for b in batches if b.cancel_time is not None)
+            cancelled = sum(1 for r in remotes if r.name == name and r.cancelled)
             found.append(
                 (
                     "one provider batch",
@@ -58,17 +75,19 @@ def leases_of(worker: str) -> list[Violation]:
 
 
 def one_provider_batch(
-    emulator: Any, deleted: dict[str, str], deleted_safely: set[str]
+    view: View, deleted: dict[str, str], deleted_safely: set[str]
 ) -> list[Violation]:
     """``deleted``: names of rows deleted while sent and not harvested (their status then);
     ``deleted_safely``: rows deleted before sending or after harvesting."""
     found = []
-    names = provider_names(emulator)
+    remotes = view.remotes()
+    names = Counter(r.name for r in remotes if r.name)
+    by_id = {r.id: r for r in remotes}
     rows = {b.provider_batch_name: b for b in ModelCompletionBatch.objects.all()}
     for name, batch in rows.items():
         have = names.get(name, 0)
         if batch.provider_batch_id:
-            remote = emulator.state.batches.get(batch.provider_batch_id)
+            remote = by_id.get(batch.provider_batch_id)
             if remote is None or remote.name != name:
                 found.append(("one provider batch", f"batch {batch.pk} stores unknown provider id"))
             elif have != 1:
@@ -81,54 +100,40 @@ def one_provider_batch(
                     f"holds {have} batch(es) under its name",
                 )
             )
-    for remote in list(emulator.state.batches.values()):
+    for remote in remotes:
         if remote.name in rows or not remote.name.startswith("raif_"):
             continue
         if remote.name in deleted_safely:
             continue
         status = deleted.get(remote.name)
         if status is None:
-            found.append(("one provider batch", f"provider batch {remote.batch_id} has no row"))
-        elif remote.cancel_time is None:
+            found.append(("one provider batch", f"provider batch {remote.id} has no row"))
+        elif not remote.cancelled:
             found.append(
                 (
                     "one provider batch",
-                    f"provider batch {remote.batch_id} orphaned: its local row was deleted while "
+                    f"provider batch {remote.id} orphaned: its local row was deleted while "
                     f"{status} and nobody cancelled it",
                 )
             )
     return found
 
 
-def _expected(emulator: Any, remote: Any, line: Any) -> dict[str, Any] | None:
-    state = emulator.state
-    body = state._body(remote, line)
-    outcome = state._complete(
-        remote, line.custom_id, body, line.finish_time or state.now(), line.cache_hit
-    )
-    return outcome.completion
-
-
-def outcomes(emulator: Any) -> list[Violation]:
+def outcomes(view: View) -> list[Violation]:
     found = []
     harvested = ModelCompletionBatch.objects.filter(results_fetched_at__isnull=False)
     for batch in harvested.exclude(provider_batch_id=""):
-        remote = emulator.state.batches.get(batch.provider_batch_id)
-        if remote is None:
+        lines = view.lines(batch.provider_batch_id)
+        if lines is None:
             continue  # reported by one_provider_batch
-        emulator.state.get_batch(remote.batch_id)  # bring the provider's lines up to its clock
         for completion in batch.completions.all():
-            line = remote.by_id.get(completion.batch_custom_id)
+            line = lines.get(completion.batch_custom_id)
             where = f"batch {batch.pk} line {completion.batch_custom_id}"
-            if line is None:  # the provider refused the whole file
+            if line is None or not line.served:  # refused with its file, or never served
                 if completion.status != "failed":
                     found.append(("outcome", f"{where}: {completion.status}, provider has none"))
                 continue
             if line.state == "succeeded":
-                expected = _expected(emulator, remote, line)
-                assert expected is not None
-                text = expected["choices"][0]["message"]["content"]
-                usage = expected["usage"]
                 if completion.status != "completed":
                     found.append(
                         (
@@ -137,14 +142,25 @@ def outcomes(emulator: Any) -> list[Violation]:
                             f"({completion.failure_error}) but the provider succeeded it",
                         )
                     )
-                elif (
-                    completion.raw_response != text
-                    or completion.prompt_tokens != usage["prompt_tokens"]
-                    or completion.completion_tokens != usage["completion_tokens"]
-                    or completion.total_cost != Decimal(usage["cost_in_usd_ticks"]) * TICK
+                    continue
+                cost_ok = (
+                    completion.total_cost == line.cost
+                    if line.cost is not None
+                    else completion.total_cost is not None
+                    and completion.total_cost > 0
+                    and completion.prompt_token_cost is not None
+                    and completion.output_token_cost is not None
+                    and completion.prompt_token_cost + completion.output_token_cost
+                    == completion.total_cost
+                )
+                if (
+                    completion.raw_response != line.text
+                    or completion.prompt_tokens != line.prompt_tokens
+                    or completion.completion_tokens != line.completion_tokens
+                    or not cost_ok
                 ):
                     found.append(("outcome", f"{where}: stored text/tokens/cost differ"))
-            elif line.state in ("failed", "cancelled"):
+            elif line.state in NOT_ANSWERED:
                 if completion.status != "failed":
                     found.append(
                         ("outcome", f"{where}: stored {completion.status}, provider {line.state}")

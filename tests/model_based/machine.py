@@ -55,9 +55,9 @@ from .catalogue import (
     ENDPOINTS,
     READ_TIMEOUT,
     SETTINGS,
-    SWITCHES,
     TEMPLATES,
 )
+from .providers import MODELS, ProviderModel
 from .runners import Outcome, Run, run_all, terminate_backends
 
 MAX_BATCHES = 4
@@ -107,6 +107,7 @@ class BatchHistory(RuleBasedStateMachine):
     """In-process rules only (any database). :class:`ProcessHistory` adds real processes."""
 
     emulator: ClassVar[Any] = None  # set by the test before running
+    model: ClassVar[ProviderModel] = MODELS["xai"]  # the provider, set with the emulator
     processes: ClassVar[bool] = False
 
     def __init__(self) -> None:
@@ -114,8 +115,11 @@ class BatchHistory(RuleBasedStateMachine):
         wipe_tables()
         state = self.emulator.state
         state.reset()
-        state.config.cancel_revert_after = CANCEL_REVERT_AFTER
+        self.model.prepare(state.config, CANCEL_REVERT_AFTER)
         self.base_config = copy.deepcopy(state.config)
+        self.names: dict[str, str] = {}  # custom id -> local batch name, kept after deletes
+        self.view = invariants.View(self.model, self.emulator, self.names)
+        self.clock_moved = 0.0
         self.steps: list[str] = []
         self.batch_pks: list[int] = []
         self.custom_ids: list[str] = []
@@ -125,6 +129,7 @@ class BatchHistory(RuleBasedStateMachine):
         self.violated: set[str] = set()
         self.created = 0
         tally.count("histories")
+        tally.count(f"histories on {self.model.name}")
 
     # -- bookkeeping -----------------------------------------------------------------------------
     def step(self, text: str) -> None:
@@ -173,6 +178,7 @@ class BatchHistory(RuleBasedStateMachine):
             {
                 "custom_id": f"b{number}-ok-{i}",
                 "messages": [{"role": "user", "content": f"Question {i} of batch {number}"}],
+                "max_tokens": 64,
             }
             for i in range(good)
         ]
@@ -182,12 +188,16 @@ class BatchHistory(RuleBasedStateMachine):
                 "messages": [
                     {"role": "user", "content": f"[[emulator:error Line {i} refused by policy]]"}
                 ],
+                "max_tokens": 64,
             }
             for i in range(bad)
         ]
-        batch = create_batch(provider="xai", model="grok-4.3", requests=requests)
+        batch = create_batch(provider=self.model.name, requests=requests)
         self.batch_pks.append(batch.pk)
         self.custom_ids += [r["custom_id"] for r in requests]
+        self.names.update(
+            dict.fromkeys(self.custom_ids[-len(requests) :], batch.provider_batch_name)
+        )
 
     @rule()
     def submit_all(self) -> None:
@@ -219,14 +229,21 @@ class BatchHistory(RuleBasedStateMachine):
         tally.count("cancels")
         self.command("cancel_batch", str(pk))
 
-    @rule(seconds=st.sampled_from([1, 30, 600, 3600, 86400]))
-    def advance(self, seconds: int) -> None:
+    @rule(choice=st.integers(0, 4))
+    def advance(self, choice: int) -> None:
+        seconds = self.model.advances[choice % len(self.model.advances)]
+        budget = self.model.clock_budget
+        if budget is not None and self.clock_moved + seconds > budget:
+            return  # the provider's clock stays within what the product is promised
+        self.clock_moved += seconds
         self.step(f"provider clock +{seconds}s")
         self.emulator.state.advance(seconds)
 
     # -- rules: the provider's faults and quirks -----------------------------------------------
     @rule(template=st.sampled_from(TEMPLATES), endpoint=st.sampled_from(ENDPOINTS))
     def fault(self, template: Any, endpoint: str | None) -> None:
+        if endpoint not in self.emulator.endpoints:
+            endpoint = None  # an endpoint this provider lacks: whichever call comes next
         recipe = template.on(endpoint)
         self.step(f"fault: {recipe.name}")
         kind = (
@@ -247,6 +264,8 @@ class BatchHistory(RuleBasedStateMachine):
         may be cleared by the settling before any call meets it); ``command`` serves a fault
         on whichever call comes next."""
         self.fault(template, endpoint)
+        if endpoint not in self.emulator.endpoints:
+            endpoint = None
         args = self.args_of(MEETS.get(endpoint, command))
         self.step(" ".join(args))
         self.command(*args)
@@ -258,8 +277,9 @@ class BatchHistory(RuleBasedStateMachine):
             return ("cancel_batch", str(pk))
         return tuple(command.split())
 
-    @rule(switch=st.sampled_from(SWITCHES), draw=st.integers(0, 20))
-    def quirk(self, switch: Any, draw: int) -> None:
+    @rule(index=st.integers(0, 63), draw=st.integers(0, 20))
+    def quirk(self, index: int, draw: int) -> None:
+        switch = self.model.switches[index % len(self.model.switches)]
         self.step(f"quirk: {switch.name}")
         tally.count(f"quirk: {switch.name}")
         switch.apply(self.emulator.state.config, self.custom_ids, draw)
@@ -304,7 +324,7 @@ class BatchHistory(RuleBasedStateMachine):
     # -- invariants ------------------------------------------------------------------------------
     @invariant()
     def no_second_provider_batch(self) -> None:
-        self.check(invariants.duplicates(self.emulator))
+        self.check(invariants.duplicates(self.view))
 
     @invariant()
     def harvested_totals(self) -> None:
@@ -327,7 +347,8 @@ class BatchHistory(RuleBasedStateMachine):
         self.step("settle")
         waits = float(SETTINGS["RECONCILE_AFTER_SECONDS"]), float(SETTINGS["CANCEL_GRACE_SECONDS"])
         for _ in range(SETTLE_ROUNDS):
-            state.advance(3600)
+            if self.model.settle_advance:
+                state.advance(self.model.settle_advance)
             self.wait_for_leases()
             for run in (submit, lambda: poll(force=True)):
                 try:
@@ -338,10 +359,11 @@ class BatchHistory(RuleBasedStateMachine):
                 break
             time.sleep(max(waits) + 0.1)
         tally.count("histories settled")
-        self.check(invariants.duplicates(self.emulator))
-        self.check(invariants.one_provider_batch(self.emulator, self.deleted, self.deleted_safely))
+        tally.count(f"histories settled on {self.model.name}")
+        self.check(invariants.duplicates(self.view))
+        self.check(invariants.one_provider_batch(self.view, self.deleted, self.deleted_safely))
         self.check(invariants.settled())
-        self.check(invariants.outcomes(self.emulator))
+        self.check(invariants.outcomes(self.view))
         self.check(invariants.totals())
         self.check(invariants.no_leases_after_settling())
 
@@ -382,7 +404,7 @@ class ProcessHistory(BatchHistory):
                 self.violation("traceback", f"{label} ended in a traceback: {last[:200]}")
             elif outcome.returncode not in (0, -9):
                 tally.count(f"one-line failure: {outcome.run.args[0]}")
-        self.check(invariants.duplicates(self.emulator))
+        self.check(invariants.duplicates(self.view))
 
     @precondition(lambda self: self.can_start())
     @rule(

@@ -110,6 +110,7 @@ class OpenAIEmulatorConfig:
     the fact sheet says; :meth:`fast` is the quiet one. Names shared with xAI's
     :class:`~raif_batches.emulator.state.EmulatorConfig` mean the same."""
 
+    # A read of a batch: a GET of it, or its entry on a served list page.
     validation_reads: int = 2  # GETs of a batch that read ``validating`` before validation
     finalizing_reads: int = 1  # GETs that read ``finalizing`` (counts at 100%) before the end
     cancel_reads: int = 1  # GETs that read ``cancelling`` before ``cancelled``

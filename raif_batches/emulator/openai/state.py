@@ -226,7 +226,9 @@ class OpenAIEmulatorState:
             def view(batch: Batch) -> dict[str, Any]:
                 # Only the batches listed are brought up to the clock and rendered, as a
                 # server pages its store: a page costs the same whatever the list's length.
-                self._observe(batch)
+                # An entry on a served page is a look at the batch, as a GET is: the batches
+                # a client polls by the list move on as those it reads one by one do.
+                self._observe(batch, read=True)
                 return batch_view(batch, self.config)
 
             endless = "list_batches" in cfg.endless_pagination
