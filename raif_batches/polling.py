@@ -412,8 +412,8 @@ def _refresh_concurrently(
             prefetch.read_now(batch, snapshot)
         return snapshot
 
-    # Where the provider's list is sorted newest first, one read of it serves every batch it
-    # holds; the rest are read one by one, concurrently.
+    # Where the provider's list is sorted newest first, a few calls of it sent together serve
+    # every batch it holds; the rest are read one by one, concurrently.
     listed = _read_lists(batches, strategies)
     pairs: list[tuple[ModelCompletionBatch, BatchSnapshot | Exception]] = [
         (batch, listed[batch.provider_batch_id])
