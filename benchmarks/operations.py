@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import django
@@ -706,86 +705,6 @@ def op_harvest_memory_floor(args: argparse.Namespace, context: dict[str, Any]) -
     ]
 
 
-# --- poll -----------------------------------------------------------------------------------
-
-
-def _poll_setup(context: dict[str, Any], **extra: Any) -> list[int]:
-    """One local in-progress batch per emulator batch, all due for a status read."""
-    from django.utils import timezone
-
-    from raif_batches.models import BatchStatus, ModelCompletionBatch
-
-    use_emulator(context["slow"]["base_url"], **extra)
-    earlier = ModelCompletionBatch.objects.filter(name__startswith="bench-poll-")
-    # The emulator's batches stay in flight; the local rows of an earlier setup are let go
-    # as harvested, which the model's guard against deleting paid batches accepts.
-    earlier.update(status=BatchStatus.ENDED, results_fetched_at=timezone.now())
-    earlier.delete()
-    now = timezone.now()
-    batches = [
-        ModelCompletionBatch(
-            name=f"bench-poll-{number}",
-            model="grok-4.3",
-            status=BatchStatus.IN_PROGRESS,
-            provider_batch_id=provider_id,
-            submitted_at=now - timedelta(minutes=5),
-            started_at=now - timedelta(minutes=5),
-            request_counts={"total": 1, "pending": 1, "succeeded": 0, "failed": 0, "cancelled": 0},
-        )
-        for number, provider_id in enumerate(context["slow"]["batch_ids"])
-    ]
-    created = ModelCompletionBatch.objects.bulk_create(batches, batch_size=1000)
-    vacuum(ModelCompletionBatch)
-    return [batch.pk for batch in created]
-
-
-def op_poll(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
-    from raif_batches.conf import get_setting
-    from raif_batches.polling import poll
-
-    ids = _poll_setup(context)
-    with measure() as m:
-        report = poll()
-    assert report.ok and report.refreshed == len(ids), report
-    threads = int(get_setting("POLL_CONCURRENCY"))
-    return [
-        row(
-            "poll",
-            f"poll: {len(ids):,} in flight, 50 ms a call, {threads} threads",
-            m,
-            n=len(ids),
-            item="batches",
-            units=len(ids),
-            unit="batch",
-            baselines=("poll_sequential",),
-            target=verdict(m.wall < 10, "< 10 s"),
-        )
-    ]
-
-
-def op_poll_baseline_sequential(
-    args: argparse.Namespace, context: dict[str, Any]
-) -> list[dict[str, Any]]:
-    from raif_batches.polling import poll
-
-    _poll_setup(context, POLL_CONCURRENCY=1)
-    with measure() as m:
-        report = poll(limit=args.poll_sample)
-    assert report.ok and report.refreshed == args.poll_sample, report
-    return [
-        row(
-            "poll_sequential",
-            f"baseline: one status read at a time (sample of {args.poll_sample:,}, per batch)",
-            m,
-            n=args.poll_sample,
-            item="batches",
-            units=args.poll_sample,
-            unit="batch",
-            label="sequential reads",
-        )
-    ]
-
-
 # --- admin ----------------------------------------------------------------------------------
 
 
@@ -878,12 +797,12 @@ OPERATIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], list[dict[s
     "harvest_memory_floor": op_harvest_memory_floor,
     "harvest_baseline_save": op_harvest_baseline_save,
     "harvest_baseline_bulk_update": op_harvest_baseline_bulk_update,
-    "poll": op_poll,
-    "poll_baseline_sequential": op_poll_baseline_sequential,
     "admin": op_admin,
 }
 
 
 def run(name: str, args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
     django.setup()
-    return OPERATIONS[name](args, context)
+    from . import polling
+
+    return {**OPERATIONS, **polling.OPERATIONS}[name](args, context)

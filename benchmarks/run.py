@@ -2,9 +2,11 @@
 
 The parent process prepares the database (``DATABASE_URL``, by default the PostgreSQL database
 ``raif_bench`` on 127.0.0.1, created and migrated when missing; its raif_batches tables are
-emptied), starts two emulators in processes of their own (one instant, one with 50 ms of latency
-per call and 1,000 batches in flight), then runs each operation in a fresh child process and
-prints the table.
+emptied), starts two xAI emulators in processes of their own (one instant, one whose answers
+carry 4 KB), then runs each operation in a fresh child process and prints the table. The poll
+rows start their own emulators, one per provider with 50 ms of latency per call
+(:mod:`benchmarks.polling`). ``--only`` runs some operations alone (those that need an earlier
+one's data, such as ``submit`` after ``create``, fail without it).
 
 Why a child per operation: peak memory is read from ``getrusage().ru_maxrss``, the process's
 resident high-water mark, which only rises. In a fresh process that mark belongs to one
@@ -56,6 +58,7 @@ OPERATIONS = (
     "harvest_memory_floor",
     "poll_baseline_sequential",
     "poll",
+    "poll_end",
     "admin",
 )
 #: ``--quick``: every operation at a tenth of the size or less, for a run of a few seconds each.
@@ -81,6 +84,15 @@ def main() -> None:
     parser.add_argument("--save-sample", type=int, default=5_000, help="rows for save() baseline")
     parser.add_argument("--bulk-sample", type=int, default=10_000, help="rows for bulk_update")
     parser.add_argument("--poll-sample", type=int, default=100, help="batches, sequential poll")
+    parser.add_argument(
+        "--poll-providers", default="", help="the poll rows' providers, comma-separated (all)"
+    )
+    parser.add_argument(
+        "--poll-concurrency", type=int, default=0, help="POLL_CONCURRENCY (default: its default)"
+    )
+    parser.add_argument(
+        "--only", default="", help="run only these operations, comma-separated (see OPERATIONS)"
+    )
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--quick", action="store_true", help="small sizes (see QUICK)")
     parser.add_argument(
@@ -107,15 +119,13 @@ def main() -> None:
     started = time.monotonic()
     prepare_database()
     results: list[dict[str, Any]] = []
-    slow_options = ("--latency", "0.05", "--in-flight", str(args.batches))
-    with (
-        emulator() as instant,
-        emulator(*slow_options) as slow,
-        emulator("--padding-kb", "4") as padded,
-    ):
-        context = {"instant": instant, "slow": slow, "padded": padded}
+    chosen = [name for name in args.only.split(",") if name] or list(OPERATIONS)
+    with emulator() as instant, emulator("--padding-kb", "4") as padded:
+        # The poll rows start emulators of their own (benchmarks/polling.py).
+        context = {"instant": instant, "padded": padded}
         for operation in OPERATIONS:
-            results.extend(run_child(operation, context))
+            if operation in chosen:
+                results.extend(run_child(operation, context))
     print()
     print(render_table(results))
     print(f"\nbenchmark finished in {time.monotonic() - started:.0f} s")

@@ -60,8 +60,10 @@ DEFAULTS: dict[str, Any] = {
     # call: the system check refuses less than the connect + read timeout plus
     # raif_batches.checks.LEASE_MARGIN_SECONDS.
     "LEASE_SECONDS": 300.0,
-    # Parallel HTTP status reads in one poll_batches run.
-    "POLL_CONCURRENCY": 16,
+    # Parallel HTTP reads (statuses, first pages of results) in one poll_batches run, and the
+    # connection pool per provider: 1,000 GETs at 50 ms each take about 1 s at 64, 3.5 s at 16
+    # (benchmarks.run). Lower it for a provider that limits concurrent calls.
+    "POLL_CONCURRENCY": 64,
     # Seconds after submission when an unfinished batch is cancelled (the rest expires).
     "MAX_BATCH_AGE": 2 * 24 * 3600.0,
     # Seconds a cancelled batch's counts must stay unchanged before they are trusted.

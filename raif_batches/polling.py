@@ -23,8 +23,9 @@ a batch awaiting harvest is due again at its ``results_next_read_at``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -45,7 +46,7 @@ from .exceptions import (
 )
 from .handlers import run_handler
 from .lifecycle import results, status, submission
-from .lifecycle.transitions import error_text, note_on_batch
+from .lifecycle.transitions import count_of, error_text, note_on_batch, would_end
 from .models import (
     IN_FLIGHT_STATUSES,
     WORKER_ID,
@@ -55,7 +56,8 @@ from .models import (
     ModelCompletionBatchQuerySet,
 )
 from .providers import get_strategy
-from .providers.base import BatchListing, BatchSnapshot, BatchStrategy
+from .providers.base import BatchListing, BatchSnapshot, BatchStrategy, ResultEntry
+from .readahead import Readers, wait_all
 from .stopping import stop_requested
 
 logger = logging.getLogger("raif_batches")
@@ -262,10 +264,11 @@ def poll(
     work = work | ModelCompletionBatch.objects.awaiting_handler()
     claimed = claim_batches(_restrict(work, batch_ids), limit=limit, worker=worker)
     report.claimed = len(claimed)
+    released: set[int] = set()  # given back as soon as this run was done with them
     try:
-        _drive(claimed, strategies, worker, report, force=force)
+        _drive(claimed, strategies, worker, report, force=force, released=released)
     finally:
-        release_all(claimed, worker)
+        release_all([batch for batch in claimed if batch.pk not in released], worker)
     return report
 
 
@@ -285,6 +288,7 @@ def _drive(
     report: RunReport,
     *,
     force: bool = False,
+    released: set[int],
 ) -> None:
     max_age = timedelta(seconds=float(get_setting("MAX_BATCH_AGE")))
     now = db_now()  # the deadline is the same for every host, whatever its own clock says
@@ -314,12 +318,18 @@ def _drive(
                     report.error(batch, error)
             else:
                 to_read.append(batch)
-    _refresh_concurrently(to_read, strategies, report)
-    if report.should_stop():
-        return
-    ids = [batch.pk for batch in claimed]
-    due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
-    _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report)
+    prefetch = _Prefetch(strategies)
+    try:
+        _refresh_concurrently(
+            to_read, strategies, report, worker=worker, released=released, prefetch=prefetch
+        )
+        if report.should_stop():
+            return
+        ids = [batch.pk for batch in claimed]
+        due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
+        _harvest_concurrently(list(due.filter(pk__in=ids)), strategies, report, prefetch.futures)
+    finally:
+        prefetch.close()
     if report.should_stop():
         return
     for batch in ModelCompletionBatch.objects.awaiting_handler().filter(pk__in=ids):
@@ -341,40 +351,53 @@ LIST_POLL_MARGIN = timedelta(minutes=10)
 def _read_lists(
     batches: list[ModelCompletionBatch], strategies: _Strategies
 ) -> dict[str, BatchSnapshot | Exception]:
-    """Snapshots of the polled batches that their providers' lists hold (one read of each list
-    back to the oldest of them), where a provider's list serves that; the others are read one
-    by one. A list that cannot be read costs nothing but the fallback."""
+    """Snapshots of the polled batches that their providers' lists hold, read in a few calls
+    sent together (:func:`status.read_listed`, back to the oldest of them), where a provider's
+    list serves that; the others are read one by one. A list that cannot be read costs
+    nothing but the fallback."""
     by_provider: dict[str, list[ModelCompletionBatch]] = {}
     for batch in batches:
         by_provider.setdefault(batch.provider, []).append(batch)
     found: dict[str, BatchSnapshot | Exception] = {}
     for provider, group in by_provider.items():
         strategy = strategies[provider]
-        if len(group) < 2 or not strategy.batch_list_newest_first:
+        if len(group) < 2 or not strategy.batch_list_newest_first or not strategy.list_page_size:
             continue
-        oldest = min(b.submitted_at or b.create_attempted_at or b.created_at for b in group)
+        group.sort(key=lambda b: (_submitted_at(b), b.pk), reverse=True)  # the list's order
         try:
-            recent = strategy.list_recent_batches(oldest - LIST_POLL_MARGIN)
+            listed = status.read_listed(
+                strategy,
+                [batch.provider_batch_id for batch in group],
+                _submitted_at(group[-1]) - LIST_POLL_MARGIN,
+                threads=int(get_setting("POLL_CONCURRENCY")),
+            )
         except ProviderAuthenticationError as error:
             return {batch.provider_batch_id: error for batch in group[:1]}
-        except ProviderError as error:
-            logger.warning(
-                "Reading %s's batch list failed (%s); reading each batch", provider, error
-            )
-            continue
-        if recent is None:
-            continue
-        for batch in group:
-            snapshot = recent.snapshots.get(batch.provider_batch_id)
-            if snapshot is not None:
-                found[batch.provider_batch_id] = snapshot
+        found.update(listed)
     return found
 
 
+def _submitted_at(batch: ModelCompletionBatch) -> datetime:
+    return batch.submitted_at or batch.create_attempted_at or batch.created_at
+
+
 def _refresh_concurrently(
-    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
+    batches: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    report: RunReport,
+    *,
+    worker: str,
+    released: set[int],
+    prefetch: _Prefetch | None = None,
 ) -> None:
-    """Read every batch's status over HTTP in parallel, then store each under its row lock."""
+    """Read every batch's status over HTTP in parallel, then store them all under their row
+    locks in one write, which also gives back ``worker``'s leases on those still in flight
+    (added to ``released``).
+
+    The first results of the batches whose status read would end them are read at once
+    (``prefetch``): by the thread that read the status, or, for a status read from a list, by
+    the prefetch's own readers while the snapshots are stored.
+    """
     if not batches:
         return
     for batch in batches:
@@ -382,18 +405,25 @@ def _refresh_concurrently(
 
     def read(batch: ModelCompletionBatch) -> BatchSnapshot | Exception:
         try:
-            return strategies[batch.provider].get_provider_batch(batch.provider_batch_id)
+            snapshot = strategies[batch.provider].get_provider_batch(batch.provider_batch_id)
         except Exception as error:  # reported below, on the calling thread
             return error
+        if prefetch is not None:
+            prefetch.read_now(batch, snapshot)
+        return snapshot
 
-    # Where the provider's list is sorted newest first, one read of it serves every batch it
-    # holds; the rest are read one by one, concurrently.
+    # Where the provider's list is sorted newest first, a few calls of it sent together serve
+    # every batch it holds; the rest are read one by one, concurrently.
     listed = _read_lists(batches, strategies)
     pairs: list[tuple[ModelCompletionBatch, BatchSnapshot | Exception]] = [
         (batch, listed[batch.provider_batch_id])
         for batch in batches
         if batch.provider_batch_id in listed
     ]
+    if prefetch is not None:
+        for batch, answer in pairs:
+            if isinstance(answer, BatchSnapshot):
+                prefetch.queue(batch, answer)
     unlisted = [batch for batch in batches if batch.provider_batch_id not in listed]
     refused = any(isinstance(answer, ProviderAuthenticationError) for _, answer in pairs)
     if unlisted and not refused:
@@ -403,8 +433,10 @@ def _refresh_concurrently(
         pairs.append((unlisted[0], first))
         if not isinstance(first, ProviderAuthenticationError) and len(unlisted) > 1:
             workers = min(int(get_setting("POLL_CONCURRENCY")), len(unlisted) - 1)
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-poll") as pool:
-                pairs.extend(zip(unlisted[1:], pool.map(read, unlisted[1:]), strict=True))
+            with Readers(read, workers, name="raif-poll") as readers:
+                futures = [readers.put(batch) for batch in unlisted[1:]]
+                wait_all(futures)
+            pairs.extend(zip(unlisted[1:], (f.result() for f in futures), strict=True))
     readable: list[tuple[int, BatchSnapshot]] = []
     for batch, snapshot in pairs:
         if isinstance(snapshot, ProviderAuthenticationError):
@@ -420,10 +452,11 @@ def _refresh_concurrently(
         readable.append((batch.pk, snapshot))
     # One transaction and one bulk write for every snapshot of this run, on one reading of the
     # database clock; a batch deleted meanwhile is simply not among the stored.
-    stored, errors = status.apply_snapshots(readable, now=db_now())
-    report.refreshed += len(stored)
+    outcome = status.apply_snapshots(readable, now=db_now(), release=worker)
+    released.update(outcome.released)
+    report.refreshed += len(outcome.stored)
     by_pk = {batch.pk: batch for batch in batches}
-    for pk, error in errors.items():
+    for pk, error in outcome.errors.items():
         note_on_batch(by_pk[pk], error)
         report.error(by_pk[pk], error)
 
@@ -463,42 +496,215 @@ def harvest(
     return report
 
 
-def _harvest_concurrently(
-    batches: list[ModelCompletionBatch], strategies: _Strategies, report: RunReport
-) -> None:
-    """Harvest many batches, their results read over HTTP in parallel, stored one by one.
+#: Results of batches read ahead while others are stored, in pages of RESULTS_PAGE_SIZE: a
+#: bound on memory whatever POLL_CONCURRENCY is (1,000 small batches fit at once; batches of
+#: 50,000 lines are read a few at a time).
+HARVEST_AHEAD_PAGES = 4
 
-    The first pages of up to POLL_CONCURRENCY batches are read at once in threads (HTTP and
-    parsing only); the calling thread stores each batch in turn, reading any further pages of
-    it as it goes, and asks for the next batch's first page as soon as one is taken, so that
-    at most that many pages wait in memory. 1,000 small batches that end in one poll then cost
-    about the time of their reads divided by the concurrency, not the sum of them.
+
+class _Prefetch:
+    """The first results of the batches whose status read would end them
+    (:func:`~raif_batches.lifecycle.transitions.would_end`), read before their snapshots are
+    stored, so that the reads of statuses and of results overlap instead of coming one phase
+    after the other; the harvest then takes them from ``futures``. HTTP only; a wrong guess
+    costs a read. Only batches under a page of results, within the harvest's bound on memory.
     """
+
+    def __init__(self, strategies: _Strategies) -> None:
+        self.futures: dict[int, Future[results.OpenedResults]] = {}
+        self._strategies = strategies
+        self._budget = _ResultsBudget()
+        self._now = db_now()  # earlier than the clock the snapshots are stored on: cautious
+        self._readers: Readers[tuple[ModelCompletionBatch, BatchSnapshot], Any] | None = None
+
+    def _wanted(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> bool:
+        total = count_of(snapshot.counts, "total")
+        return (
+            total < self._budget.page
+            and would_end(batch, snapshot, self._now)
+            and self._budget.take(max(total, 1))
+        )
+
+    def _open(self, work: tuple[ModelCompletionBatch, BatchSnapshot]) -> results.OpenedResults:
+        batch, snapshot = work
+        strategy = self._strategies[batch.provider]
+        return results.open_result_pages(strategy, batch.provider_batch_id, snapshot)
+
+    def read_now(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> None:
+        """In the thread that read the status."""
+        if self._wanted(batch, snapshot):
+            self.futures[batch.pk] = _done(self._open((batch, snapshot)))
+
+    def queue(self, batch: ModelCompletionBatch, snapshot: BatchSnapshot) -> None:
+        """From the calling thread: read by the prefetch's own threads."""
+        if self._wanted(batch, snapshot):
+            if self._readers is None:
+                workers = int(get_setting("POLL_CONCURRENCY"))
+                self._readers = Readers(self._open, workers, name="raif-prefetch")
+            self.futures[batch.pk] = self._readers.put((batch, snapshot))
+
+    def close(self) -> None:
+        if self._readers is not None:
+            self._readers.close()
+
+
+class _ResultsBudget:
+    """Results read ahead of their harvest, counted from any thread, within
+    HARVEST_AHEAD_PAGES pages of RESULTS_PAGE_SIZE."""
+
+    def __init__(self) -> None:
+        self.page = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
+        self._left = self.page * HARVEST_AHEAD_PAGES
+        self._lock = threading.Lock()
+
+    def take(self, results: int) -> bool:
+        with self._lock:
+            if results > self._left:
+                return False
+            self._left -= results
+            return True
+
+
+def _harvest_concurrently(
+    batches: list[ModelCompletionBatch],
+    strategies: _Strategies,
+    report: RunReport,
+    prefetched: Mapping[int, Future[results.OpenedResults]] | None = None,
+) -> None:
+    """Harvest many batches, their results read over HTTP in parallel, stored on this thread.
+
+    The first results of the batches are read in POLL_CONCURRENCY threads (HTTP and parsing
+    only, :class:`~raif_batches.readahead.Readers`), within HARVEST_AHEAD_PAGES pages' worth
+    of results expected from their counts; more are queued as batches are taken. Batches
+    whose results came whole (fewer than a page) are stored together, a page's worth in one
+    transaction
+    (:func:`results.fetch_whole_results`); a bigger one is stored alone, reading its further
+    pages as it goes. 1,000 small batches that end in one poll then cost about the time of
+    their reads divided by the concurrency, and a few statements per page of results.
+    ``prefetched``: results already read with the batches' statuses (their memory counted
+    there), used instead of a read.
+    """
+    prefetched = prefetched or {}
     if not batches:
         return
+    batches = sorted(batches, key=lambda batch: (batch.provider, batch.pk))
     for batch in batches:
         _ = strategies[batch.provider]  # build clients before the threads share them
+    size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
     workers = max(1, min(int(get_setting("POLL_CONCURRENCY")), len(batches)))
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="raif-harvest")
+    readers: Readers[ModelCompletionBatch, results.OpenedResults] = Readers(
+        lambda batch: results.open_result_pages(
+            strategies[batch.provider], batch.provider_batch_id
+        ),
+        workers,
+        name="raif-harvest",
+    )
 
-    def opened(batch: ModelCompletionBatch) -> Future[Any] | None:
-        if not batch.provider_batch_id:
-            return None
-        strategy = strategies[batch.provider]
-        return pool.submit(results.open_result_pages, strategy, batch.provider_batch_id)
+    def expected(batch: ModelCompletionBatch) -> int:
+        # A batch's first read holds up to a page; a bigger one has the next page in flight.
+        total = count_of(batch.request_counts or {}, "total")
+        return size * 2 if total > size else max(total, 1)
+
+    ahead: list[Future[results.OpenedResults] | None] = []
+    in_memory = 0
+
+    def read_ahead(index: int) -> None:
+        # As many reads queued as the bound on memory allows (``workers`` run at a time).
+        nonlocal in_memory
+        while len(ahead) < len(batches):
+            batch = batches[len(ahead)]
+            if len(ahead) > index and in_memory + expected(batch) > size * HARVEST_AHEAD_PAGES:
+                return
+            if batch.pk in prefetched:
+                ahead.append(prefetched[batch.pk])
+                continue
+            in_memory += expected(batch)
+            ahead.append(readers.put(batch) if batch.provider_batch_id else None)
+
+    def wait_for_a_page(index: int) -> None:
+        # Woken once for a page's worth of batches, not once per batch.
+        end, total = index, 0
+        while end < len(ahead) and (end == index or total + expected(batches[end]) <= size):
+            total += expected(batches[end])
+            end += 1
+        wait_all(future for future in ahead[index:end] if future is not None)
+
+    group: list[tuple[ModelCompletionBatch, list[ResultEntry]]] = []
+    grouped = 0  # results in the group
+
+    def store_group() -> None:
+        nonlocal grouped
+        if group:
+            _harvest_whole(strategies[group[0][0].provider], list(group), report)
+            group.clear()
+            grouped = 0
 
     try:
-        ahead = [opened(batch) for batch in batches[:workers]]
         for index, batch in enumerate(batches):
-            if index + workers < len(batches):
-                ahead.append(opened(batches[index + workers]))
+            if index and report.should_stop():
+                break
+            read_ahead(index)
             future = ahead[index]
-            pages = future.result() if future is not None else None
+            if future is not None and not future.done():
+                wait_for_a_page(index)
+            opened = future.result() if future is not None else None
+            if batch.pk not in prefetched:
+                in_memory -= expected(batch)
+            if opened is not None and opened.whole is not None:
+                if group and (
+                    group[0][0].provider != batch.provider or grouped + len(opened.whole) > size
+                ):
+                    store_group()
+                group.append((batch, opened.whole))
+                grouped += len(opened.whole)
+                continue
+            store_group()
+            pages = opened.pages if opened is not None else None
             _harvest_one(strategies[batch.provider], batch, report, pages=pages)
-            if report.should_stop():
+            if report.fatal is not None:
                 return
+        store_group()  # the batches in hand are stored, even when a stop was asked
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        readers.close()
+
+
+def _done(value: results.OpenedResults) -> Future[results.OpenedResults]:
+    future: Future[results.OpenedResults] = Future()
+    future.set_result(value)
+    return future
+
+
+def _harvest_whole(
+    strategy: BatchStrategy,
+    group: list[tuple[ModelCompletionBatch, list[ResultEntry]]],
+    report: RunReport,
+) -> None:
+    """Store batches read whole in one transaction; should it fail, each batch alone, so
+    that one batch's fault is its own (their results are still in memory)."""
+    try:
+        applied, stored, left = results.fetch_whole_results(strategy, group)
+    except Exception as error:
+        logger.warning(
+            "Storing the results of %d batches at once failed (%s); storing each alone",
+            len(group),
+            error_text(error),
+        )
+        applied, stored, left = 0, [], group
+    report.results_applied += applied
+    for locked in stored:
+        _report_harvest(report, locked.pk, _harvest_state(locked))
+    for batch, entries in left:
+        _harvest_one(strategy, batch, report, pages=iter([entries]))
+        if report.fatal is not None:
+            return
+
+
+def _harvest_state(batch: ModelCompletionBatch) -> dict[str, Any]:
+    return {
+        "results_fetched_at": batch.results_fetched_at,
+        "results_stored_count": batch.results_stored_count,
+        "request_counts": batch.request_counts,
+    }
 
 
 def _harvest_one(
@@ -527,15 +733,18 @@ def _harvest_one(
         .values("results_fetched_at", "results_stored_count", "request_counts")
         .first()
     )
-    if state is None:
-        return
+    if state is not None:
+        _report_harvest(report, batch.pk, state)
+
+
+def _report_harvest(report: RunReport, pk: int, state: Mapping[str, Any]) -> None:
     if state["results_fetched_at"] is not None:
-        report.finished.append(batch.pk)
+        report.finished.append(pk)
     else:
         # Results lag behind the counters: a condition that resolves on a later run.
         counts = state["request_counts"] or {}
         report.notes.append(
-            f"batch {batch.pk}: {state['results_stored_count']} of "
+            f"batch {pk}: {state['results_stored_count']} of "
             f"{_finished_count(counts)} results served so far; reading again later"
         )
 

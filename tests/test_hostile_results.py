@@ -388,8 +388,13 @@ def test_one_batch_odd_status_answer_does_not_stop_the_others(emulator: Any, ans
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_batch_deleted_meanwhile_is_skipped_and_the_others_run(emulator: Any) -> None:
+def test_a_batch_deleted_meanwhile_is_skipped_and_the_others_run(
+    emulator: Any, settings: Any
+) -> None:
     quick(emulator)
+    # Pages of one result: each batch is harvested alone, page by page (batches read whole in
+    # one page are stored together, see test_polling.py for a deletion among those).
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "RESULTS_PAGE_SIZE": 1}
     first, doomed, last = submitted(2), submitted(2), submitted(2)
 
     def delete_doomed(sender: Any, batch: ModelCompletionBatch, **kwargs: Any) -> None:

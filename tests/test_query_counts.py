@@ -23,7 +23,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from raif_batches import api
+from raif_batches import api, create_batch
 from raif_batches.lifecycle import results
 from raif_batches.models import ModelCompletionBatch
 from raif_batches.polling import poll, submit
@@ -113,6 +113,67 @@ def test_a_poll_costs_the_same_statements_whatever_its_batches(emulator: Any) ->
     assert one == three == six
     assert six <= 16
     assert ModelCompletionBatch.objects.filter(pk__in=ids, status="in_progress").count() == 6
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_poll_by_list_costs_the_same_statements_whatever_its_batches(
+    provider: str, settings: Any
+) -> None:
+    from raif_batches.emulator import run_emulator
+
+    from .conftest import provider_settings
+
+    with run_emulator(profile="fast", provider=provider) as emu:
+        settings.RAIF_BATCHES = provider_settings(emu)
+        emu.config.requests_per_read = 0  # lines never finish: every batch stays in flight
+        batches = [
+            create_batch(
+                provider=provider,
+                requests=[
+                    {"custom_id": f"r-{i}", "messages": user("Hi"), "max_tokens": 16}
+                    for i in range(2)
+                ],
+            )
+            for _ in range(6)
+        ]
+        report = submit([batch.pk for batch in batches])
+        assert len(report.submitted) == 6, report.errors
+        ids = [batch.pk for batch in batches]
+        poll(ids, force=True)
+        gets = emu.state.count_calls("get_batch")
+
+        def polled(count: int) -> int:
+            queries, report = count_queries(lambda: poll(ids[:count], force=True))
+            assert report.ok and report.refreshed == count, report.errors
+            return queries
+
+        two, six = polled(2), polled(6)
+        assert emu.state.count_calls("get_batch") == gets  # the list served every read
+    assert two == six
+    assert six <= 16
+
+
+def test_a_poll_in_which_batches_end_costs_the_same_statements_whatever_their_number(
+    emulator: Any,
+) -> None:
+    """Status reads, results and the end of each harvest, for batches that end together:
+    stored in one transaction, so their statements do not grow with their number."""
+
+    def ending(count: int) -> int:
+        batches = [make_batch(3) for _ in range(count)]
+        report = submit([batch.pk for batch in batches])
+        assert len(report.submitted) == count, report.errors
+        emulator.config.requests_per_read = 0  # in flight: past the provider's validation
+        poll([batch.pk for batch in batches], force=True)
+        emulator.config.requests_per_read = None  # every line done at the next read
+        queries, report = count_queries(lambda: poll([batch.pk for batch in batches], force=True))
+        assert report.ok and sorted(report.finished) == [batch.pk for batch in batches]
+        assert report.results_applied == 3 * count
+        return queries
+
+    one, three, ten = ending(1), ending(3), ending(10)
+    assert three == ten, (one, three, ten)
+    assert one <= three <= 30, (one, three, ten)  # 20 on SQLite, 27 on PostgreSQL (COPY)
 
 
 def test_create_batch_queries_grow_with_insert_chunks_not_rows(

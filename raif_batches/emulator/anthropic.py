@@ -397,8 +397,6 @@ class AnthropicEmulatorState:
                 )
             size = min(size, cfg.max_page_size)  # a smaller page than asked, as any server may
             ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
-            for batch in ordered:
-                self._observe(batch)
             start, stop = 0, len(ordered)
             ids = [b.id for b in ordered]
             if after_id:

@@ -20,9 +20,11 @@ The provider is reached only through ``iter_result_pages`` (and the prices throu
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,7 +48,7 @@ from ..models import (
     ModelCompletionBatch,
 )
 from ..pricing import ModelPrice, completion_cost, price_for
-from ..providers.base import BatchStrategy, ResultEntry
+from ..providers.base import BatchSnapshot, BatchStrategy, ResultEntry, ResultPage
 from ..storable import CLEANED_KEY, clean_json, clean_text, cost_fits, storable_count
 from .transitions import FAILURE_TEXT_LIMIT, count_of, one_line
 
@@ -133,32 +135,53 @@ def fetch_results(
     return applied
 
 
-def open_result_pages(
-    strategy: BatchStrategy, provider_batch_id: str
-) -> Iterator[list[ResultEntry]]:
-    """A batch's result pages with the first one already read (HTTP only, any thread).
+@dataclass(frozen=True)
+class OpenedResults:
+    """A batch's result pages with the first ones already read (:func:`open_result_pages`).
 
-    What reading it raised is raised again where the first page would have been, so the
-    caller (:func:`fetch_results`) meets the fault as if it had read the page itself.
+    ``whole``: every result the provider served, when they came in fewer than
+    ``RESULTS_PAGE_SIZE`` entries (the pages ended there); None when there are more to read
+    from ``pages``, or when reading failed (``pages`` then raises the fault).
     """
+
+    pages: Iterator[list[ResultEntry]]
+    whole: list[ResultEntry] | None = None
+
+
+def open_result_pages(
+    strategy: BatchStrategy, provider_batch_id: str, ended_by: BatchSnapshot | None = None
+) -> OpenedResults:
+    """Read a batch's first result pages (HTTP only, any thread), until the provider has no
+    more or ``RESULTS_PAGE_SIZE`` results are read. ``ended_by``: the provider's answer that
+    ends the batch, which may save a call (:meth:`BatchStrategy.iter_result_pages_after`).
+
+    What reading raised is raised again where that page would have been, so the caller
+    (:func:`fetch_results`) meets the fault as if it had read the page itself.
+    """
+    limit = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
+    read: list[list[ResultEntry]] = []
+    count = 0
     try:
-        pages = strategy.iter_result_pages(provider_batch_id)
-        first = next(pages, None)
+        if ended_by is not None:
+            pages = strategy.iter_result_pages_after(ended_by)
+        else:
+            pages = strategy.iter_result_pages(provider_batch_id)
+        while count < limit:
+            page = next(pages, None)
+            if page is None:
+                whole = ResultPage(entry for page in read for entry in page)
+                whole.unreadable = sum(getattr(page, "unreadable", 0) for page in read)
+                return OpenedResults(iter(read), whole=whole)
+            read.append(page)
+            count += len(page)
     except Exception as error:
-        failed = error
+        return OpenedResults(itertools.chain(read, _raising(error)))
+    return OpenedResults(itertools.chain(read, pages))
 
-        def failing() -> Iterator[list[ResultEntry]]:
-            raise failed
-            yield []  # pragma: no cover  (makes this a generator)
 
-        return failing()
-
-    def resumed() -> Iterator[list[ResultEntry]]:
-        if first is not None:
-            yield first
-            yield from pages
-
-    return resumed()
+def _raising(error: Exception) -> Iterator[list[ResultEntry]]:
+    raise error
+    yield []  # pragma: no cover  (makes this a generator)
 
 
 def _results_gone_for_good(batch: ModelCompletionBatch, error: ProviderError) -> bool:
@@ -202,74 +225,101 @@ def apply_result_page(
     A line whose values cannot be stored is failed alone, with the reason.
     """
     prices = prices if prices is not None else Prices()
-    by_id: dict[str, ResultEntry] = {}
-    for entry in entries:
-        kept = by_id.get(entry.custom_id)
-        if kept is None or (kept.completion is None and entry.completion is not None):
-            by_id[entry.custom_id] = entry
-    if not by_id:
+    if not entries:
         return 0
-    now = timezone.now()
     with transaction.atomic():
         locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
         if locked.results_fetched_at is not None:
             return 0
-        stored = ModelCompletion.objects.filter(
-            batch_id=batch.pk, batch_custom_id__in=list(by_id)
-        ).values_list("pk", "batch_custom_id", "status", "failure_error", "response_format")
-        to_pending: list[dict[str, Any]] = []
-        replacing: list[dict[str, Any]] = []
-        seen = set()
-        for pk, custom_id, status, failure_error, response_format in stored:
-            seen.add(custom_id)
-            entry = by_id[custom_id]
-            if status == CompletionStatus.PENDING:
-                target = to_pending
-            elif (
-                entry.completion is not None
-                and status == CompletionStatus.FAILED
-                and failure_error in PROVIDER_ERROR_KINDS
-            ):
-                target = replacing
-            else:
-                continue
-            try:
-                row = result_row(locked, entry, response_format, now, prices)
-            except Exception as error:  # one odd line must not stop the page
-                row = _unstorable_row(locked.pk, custom_id, error, now)
-            row["id"] = pk
-            target.append(row)
-        for custom_id in by_id.keys() - seen:
-            logger.warning(
-                "Batch %s: provider returned a result for unknown id %r; skipped",
-                batch.pk,
-                custom_id,
-            )
-        # Matched on the primary key read above: with (batch, custom id) and the status
-        # filter, PostgreSQL may probe the (batch, status) index and scan every pending row
-        # of the batch for each result, when its statistics say that few rows are pending.
-        changed = _store_rows(batch.pk, to_pending, "t.status = %s", [PENDING])
-        if replacing:
-            changed += _store_rows(
-                batch.pk,
-                replacing,
-                "t.status = %s AND t.failure_error IN (%s, %s)",
-                [CompletionStatus.FAILED, *PROVIDER_ERROR_KINDS],
-            )
-        finished_ids = [row["batch_custom_id"] for row in (*to_pending, *replacing)]
-        transaction.on_commit(
-            lambda: signals.completions_finished.send(
-                sender=ModelCompletion,
-                batch=locked,
-                completions=ModelCompletion.objects.filter(
-                    batch_id=locked.pk, batch_custom_id__in=finished_ids
-                ),
-            )
+        return _apply_locked([(locked, entries)], prices, timezone.now())
+
+
+def _apply_locked(
+    pages: list[tuple[ModelCompletionBatch, list[ResultEntry]]], prices: Prices, now: datetime
+) -> int:
+    """Apply pages of results of batches whose rows the caller's transaction has locked, in
+    the same statements whatever their number: one read of the lines they name, one write
+    (two when successes replace errors). Returns rows changed."""
+    wanted: dict[tuple[int, str], tuple[ModelCompletionBatch, ResultEntry]] = {}
+    for locked, entries in pages:
+        for entry in entries:
+            kept = wanted.get((locked.pk, entry.custom_id))
+            if kept is None or (kept[1].completion is None and entry.completion is not None):
+                wanted[(locked.pk, entry.custom_id)] = (locked, entry)
+    if not wanted:
+        return 0
+    # The lines of these batches with these ids (a superset when batches share ids), by the
+    # (batch, custom id) index; the pairs not wanted are passed over below.
+    stored = ModelCompletion.objects.filter(
+        batch_id__in=sorted({pk for pk, _ in wanted}),
+        batch_custom_id__in=sorted({custom_id for _, custom_id in wanted}),
+    ).values_list("pk", "batch_id", "batch_custom_id", "status", "failure_error", "response_format")
+    to_pending: list[dict[str, Any]] = []
+    replacing: list[dict[str, Any]] = []
+    seen = set()
+    for pk, batch_id, custom_id, status, failure_error, response_format in stored:
+        found = wanted.get((batch_id, custom_id))
+        if found is None:
+            continue
+        seen.add((batch_id, custom_id))
+        locked, entry = found
+        if status == CompletionStatus.PENDING:
+            target = to_pending
+        elif (
+            entry.completion is not None
+            and status == CompletionStatus.FAILED
+            and failure_error in PROVIDER_ERROR_KINDS
+        ):
+            target = replacing
+        else:
+            continue
+        try:
+            row = result_row(locked, entry, response_format, now, prices)
+        except Exception as error:  # one odd line must not stop the page
+            row = _unstorable_row(locked.pk, custom_id, error, now)
+        row["id"] = pk
+        target.append(row)
+    for batch_id, custom_id in wanted.keys() - seen:
+        logger.warning(
+            "Batch %s: provider returned a result for unknown id %r; skipped",
+            batch_id,
+            custom_id,
         )
+    # Matched on the primary key read above: with (batch, custom id) and the status
+    # filter, PostgreSQL may probe the (batch, status) index and scan every pending row
+    # of the batch for each result, when its statistics say that few rows are pending.
+    changed = _store_rows(to_pending, "t.status = %s", [PENDING])
+    if replacing:
+        changed += _store_rows(
+            replacing,
+            "t.status = %s AND t.failure_error IN (%s, %s)",
+            [CompletionStatus.FAILED, *PROVIDER_ERROR_KINDS],
+        )
+    finished: dict[int, list[str]] = {}
+    for row in (*to_pending, *replacing):
+        finished.setdefault(row["batch"], []).append(row["batch_custom_id"])
+    for locked, _ in pages:  # one signal per batch's page, as for a page alone
+        _completions_finished_on_commit(locked, finished.get(locked.pk, []))
     return changed
 
 
-def _store_rows(batch_pk: int, rows: list[dict[str, Any]], where: str, params: list[Any]) -> int:
+def _completions_finished_on_commit(locked: ModelCompletionBatch, custom_ids: list[str]) -> None:
+    def send() -> None:
+        # The queryset is built only for a listener: 1,000 batches stored together would
+        # otherwise build 1,000 of them for nobody.
+        if signals.completions_finished.has_listeners(ModelCompletion):
+            signals.completions_finished.send(
+                sender=ModelCompletion,
+                batch=locked,
+                completions=ModelCompletion.objects.filter(
+                    batch_id=locked.pk, batch_custom_id__in=custom_ids
+                ),
+            )
+
+    transaction.on_commit(send)
+
+
+def _store_rows(rows: list[dict[str, Any]], where: str, params: list[Any]) -> int:
     """One statement for the page; should the database refuse it, row by row, failing only
     the rows it refuses (their reason says why)."""
     if not rows:
@@ -291,7 +341,7 @@ def _store_rows(batch_pk: int, rows: list[dict[str, Any]], where: str, params: l
     except STORE_ERRORS as error:
         logger.warning(
             "Batch %s: a page of %d results was refused (%s); storing it row by row",
-            batch_pk,
+            ", ".join(sorted({str(row["batch"]) for row in rows})),
             len(rows),
             one_line(error),
         )
@@ -301,7 +351,7 @@ def _store_rows(batch_pk: int, rows: list[dict[str, Any]], where: str, params: l
             changed += store([row])
             continue
         except STORE_ERRORS as error:
-            failed = _unstorable_row(batch_pk, row["batch_custom_id"], error, timezone.now())
+            failed = _unstorable_row(row["batch"], row["batch_custom_id"], error, timezone.now())
             failed["id"] = row["id"]
         # A failure row holds only plain values: should even it be refused, the fault is
         # not in this line but in the statement or the database, and is raised.
@@ -440,11 +490,91 @@ def finish_results(
     have been theirs. ``unavailable`` (the results are gone) ends the harvest at once.
     """
     now = db_now()
-    wait = float(get_setting("RESULTS_WAIT_SECONDS"))
     with transaction.atomic():
         locked = ModelCompletionBatch.objects.locked().get(pk=batch.pk)
-        if locked.results_fetched_at is not None:
-            return locked
+        if locked.results_fetched_at is None:
+            _finish_locked(
+                [locked],
+                now,
+                unavailable=unavailable,
+                counters_lead=counters_lead,
+                unreadable={locked.pk} if unreadable else frozenset(),
+            )
+    return locked
+
+
+def fetch_whole_results(
+    strategy: BatchStrategy,
+    harvests: Sequence[tuple[ModelCompletionBatch, list[ResultEntry]]],
+) -> tuple[int, list[ModelCompletionBatch], list[tuple[ModelCompletionBatch, list[ResultEntry]]]]:
+    """Store and finish the results of many batches, each read whole (``entries``: every
+    result the provider served for it), in one transaction and the same few statements
+    whatever their number: what :func:`fetch_results` does for each, a thousand small batches
+    that end in one poll costing a dozen statements instead of a dozen each.
+
+    The batches' rows are locked in one statement, in primary-key order. Returns (results
+    applied, the batches stored, as locked and saved: harvested, or awaiting results that lag
+    the counters; the harvests left to :func:`fetch_results`, one by one: a batch not
+    terminal, deleted or harvested meanwhile, whose outcome that function reports). Should the
+    database refuse the transaction, nothing of it is stored and the exception is raised: the
+    caller stores each batch alone.
+    """
+    by_pk = {batch.pk: (batch, entries) for batch, entries in harvests}
+    now = db_now()
+    prices = Prices()
+    with transaction.atomic():
+        locked = [
+            row
+            for row in ModelCompletionBatch.objects.locked().filter(pk__in=by_pk).order_by("pk")
+            if row.is_terminal and row.results_fetched_at is None
+        ]
+        applied = _apply_locked([(row, by_pk[row.pk][1]) for row in locked], prices, now)
+        # As fetch_results: entries skipped as unreadable make the batch read again first.
+        unreadable = {row.pk for row in locked if getattr(by_pk[row.pk][1], "unreadable", 0)}
+        _finish_locked(
+            locked, now, counters_lead=strategy.results_lag_counters, unreadable=unreadable
+        )
+    taken = {row.pk for row in locked}
+    return applied, locked, [by_pk[pk] for pk in by_pk if pk not in taken]
+
+
+#: The batch columns that finishing a harvest (or waiting for more of it) writes.
+FINISH_FIELDS = (
+    "request_counts",
+    "failure_error",
+    "failure_reason",
+    "prompt_token_cost",
+    "output_token_cost",
+    "total_cost",
+    "results_fetched_at",
+    "results_next_read_at",
+    "results_stored_count",
+    "results_lacking_since",
+    "results_read_attempts",
+)
+
+
+def _finish_locked(
+    batches: Sequence[ModelCompletionBatch],
+    now: datetime,
+    *,
+    counters_lead: bool,
+    unavailable: ProviderError | None = None,
+    unreadable: Collection[int] = frozenset(),
+) -> None:
+    """:func:`finish_results` for batches whose rows the caller's transaction has locked and
+    whose results are not fetched yet: one tally of their lines, one update of the lines left
+    pending (per reason), one write of the batches. ``unreadable``: the batches whose read
+    skipped entries it could not read."""
+    if not batches:
+        return
+    wait = float(get_setting("RESULTS_WAIT_SECONDS"))
+    tallies = _tallies([batch.pk for batch in batches])
+    pending_by_reason: dict[tuple[str, str], list[int]] = {}
+    expired: list[int] = []
+    finished: list[tuple[ModelCompletionBatch, dict[str, int]]] = []
+    for locked in batches:
+        tally = tallies.get(locked.pk) or NO_LINES
         reason = {
             BatchStatus.ENDED: (
                 FailureKind.ENTRY_MISSING,
@@ -463,15 +593,15 @@ def finish_results(
                 locked.failure_reason or "The provider failed the batch.",
             ),
         }[BatchStatus(locked.status)]
-        short = None if unavailable is not None or not counters_lead else _results_short(locked)
-        if short is None and unreadable and unavailable is None:
-            short = _lines_short(locked)
+        short = None if unavailable is not None or not counters_lead else _short(locked, tally)
+        if short is None and locked.pk in unreadable and unavailable is None:
+            short = _lines_short(tally)
         if short is not None:
             stored, expected = short
             since = locked.results_lacking_since or now
             if now - since < timedelta(seconds=wait):
                 _wait_for_results(locked, now, since, stored, expected)
-                return locked
+                continue
             if locked.status == BatchStatus.ENDED and counters_lead:
                 reason = (
                     FailureKind.ENTRY_MISSING,
@@ -489,37 +619,24 @@ def finish_results(
                 FailureKind.RESULTS_UNAVAILABLE,
                 "Results no longer available: " + one_line(unavailable),
             )
-        failed_now = locked.completions.filter(status=CompletionStatus.PENDING).update(
-            status=CompletionStatus.FAILED,
-            failure_error=reason[0],
-            failure_reason=reason[1][:FAILURE_TEXT_LIMIT],
-            failed_at=now,
-        )
+        # Under the batch's lock no line changes but by this harvest: the pending lines
+        # counted are the ones failed below.
+        failed_now = tally["pending"]
+        if failed_now:
+            key = (reason[0], reason[1][:FAILURE_TEXT_LIMIT])
+            pending_by_reason.setdefault(key, []).append(locked.pk)
         if locked.status == BatchStatus.EXPIRED:
-            # The provider reports lines cut by a deadline as cancelled; they expired.
-            locked.completions.filter(failure_error=FailureKind.REQUEST_CANCELLED).update(
-                failure_error=FailureKind.REQUEST_EXPIRED
-            )
-        totals = locked.completions.aggregate(
-            prompt=Sum("prompt_token_cost"),
-            output=Sum("output_token_cost"),
-            total=Sum("total_cost"),
-            completed=Count("pk", filter=Q(status=CompletionStatus.COMPLETED)),
-            failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
-            not_run=Count(
-                "pk",
-                filter=Q(status=CompletionStatus.FAILED, failure_error__in=NOT_RUN_KINDS),
-            ),
-            all=Count("pk"),
-        )
+            expired.append(locked.pk)
+        not_run = tally["not_run"] + (failed_now if reason[0] in NOT_RUN_KINDS else 0)
+        failed = tally["failed"] + failed_now
         # The provider's counters can lie after a cancel or an expiry: from now on the counts
         # are the stored lines' (the provider's last report stays in provider_response).
         locked.request_counts = {
-            "total": totals["all"],
+            "total": tally["all"],
             "pending": 0,
-            "succeeded": totals["completed"],
-            "failed": totals["failed"] - totals["not_run"],
-            "cancelled": totals["not_run"],
+            "succeeded": tally["completed"],
+            "failed": failed - not_run,
+            "cancelled": not_run,
         }
         if locked.failure_error not in OWN_FAILURE_KINDS:
             # Notes on reads that did not get through are moot once the harvest is over.
@@ -540,30 +657,90 @@ def finish_results(
             elif locked.status in (BatchStatus.ENDED, BatchStatus.CANCELED):
                 locked.failure_error = ""
                 locked.failure_reason = ""
-        locked.prompt_token_cost = totals["prompt"]
-        locked.output_token_cost = totals["output"]
-        locked.total_cost = totals["total"]
+        locked.prompt_token_cost = tally["prompt"]
+        locked.output_token_cost = tally["output"]
+        locked.total_cost = tally["total"]
         locked.results_fetched_at = now
         locked.results_next_read_at = None
-        locked.results_stored_count = totals["all"] - failed_now
-        locked.save()
-        tally = {
-            "total": totals["all"],
-            "completed": totals["completed"],
-            "failed": totals["failed"],
-        }
-        transaction.on_commit(
-            lambda: signals.batch_finished.send(
-                sender=ModelCompletionBatch, batch=locked, status=locked.status, counts=tally
-            )
+        locked.results_stored_count = tally["all"] - failed_now
+        finished.append(
+            (locked, {"total": tally["all"], "completed": tally["completed"], "failed": failed})
         )
-    return locked
+    for (kind, text), pks in pending_by_reason.items():
+        ModelCompletion.objects.filter(batch_id__in=pks, status=CompletionStatus.PENDING).update(
+            status=CompletionStatus.FAILED, failure_error=kind, failure_reason=text, failed_at=now
+        )
+    if expired:
+        # The provider reports lines cut by a deadline as cancelled; they expired.
+        ModelCompletion.objects.filter(
+            batch_id__in=expired, failure_error=FailureKind.REQUEST_CANCELLED
+        ).update(failure_error=FailureKind.REQUEST_EXPIRED)
+    if len(batches) == 1:
+        batches[0].save(update_fields=FINISH_FIELDS)
+    else:
+        update_from_values(
+            ModelCompletionBatch,
+            key_fields=("id",),
+            set_fields=FINISH_FIELDS,
+            rows=[{"id": b.pk, **{f: getattr(b, f) for f in FINISH_FIELDS}} for b in batches],
+        )
+    for locked, counts in finished:
+        _batch_finished_on_commit(locked, counts)
+
+
+def _batch_finished_on_commit(locked: ModelCompletionBatch, counts: dict[str, int]) -> None:
+    transaction.on_commit(
+        lambda: signals.batch_finished.send(
+            sender=ModelCompletionBatch, batch=locked, status=locked.status, counts=counts
+        )
+    )
+
+
+#: The tally of a batch without lines.
+NO_LINES: dict[str, Any] = {
+    **dict.fromkeys(("prompt", "output", "total")),
+    **dict.fromkeys(("completed", "failed", "not_run", "pending", "all", "counted"), 0),
+}
+
+
+def _tallies(batch_pks: list[int]) -> dict[int, dict[str, Any]]:
+    """Per batch, in one statement: its lines' cost sums and counts by outcome, and how many
+    of its finished lines the provider's counters count (``counted``)."""
+    rows = (
+        ModelCompletion.objects.filter(batch_id__in=batch_pks)
+        .values("batch_id")
+        .annotate(
+            prompt=Sum("prompt_token_cost"),
+            output=Sum("output_token_cost"),
+            total=Sum("total_cost"),
+            completed=Count("pk", filter=Q(status=CompletionStatus.COMPLETED)),
+            failed=Count("pk", filter=Q(status=CompletionStatus.FAILED)),
+            not_run=Count(
+                "pk",
+                filter=Q(status=CompletionStatus.FAILED, failure_error__in=NOT_RUN_KINDS),
+            ),
+            pending=Count("pk", filter=Q(status=CompletionStatus.PENDING)),
+            uncounted=Count(
+                "pk",
+                filter=~Q(status=CompletionStatus.PENDING) & Q(failure_error__in=UNCOUNTED_KINDS),
+            ),
+            all=Count("pk"),
+        )
+        .order_by()
+    )
+    tallies: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        tally: dict[str, Any] = dict(row)
+        tally["counted"] = tally["all"] - tally["pending"] - tally["uncounted"]
+        tallies[tally.pop("batch_id")] = tally
+    return tallies
 
 
 def _wait_for_results(
     locked: ModelCompletionBatch, now: datetime, since: datetime, stored: int, expected: int
 ) -> None:
-    """Record a short harvest and when to read again; the batch stays awaiting harvest."""
+    """Record a short harvest and when to read again; the batch stays awaiting harvest (the
+    caller saves)."""
     wait = timedelta(seconds=float(get_setting("RESULTS_WAIT_SECONDS")))
     attempts = locked.results_read_attempts + 1
     next_read = now + _results_backoff(attempts, since + wait - now)
@@ -571,12 +748,6 @@ def _wait_for_results(
     locked.results_read_attempts = attempts
     locked.results_next_read_at = next_read
     locked.results_stored_count = stored
-    fields = [
-        "results_lacking_since",
-        "results_read_attempts",
-        "results_next_read_at",
-        "results_stored_count",
-    ]
     if locked.failure_error not in OWN_FAILURE_KINDS:
         locked.failure_error = FailureKind.RESULTS_INCOMPLETE
         locked.failure_reason = (
@@ -584,8 +755,6 @@ def _wait_for_results(
             f"report; reading again after {next_read:%Y-%m-%d %H:%M:%S} UTC, for up to "
             f"{wait.total_seconds():g} s after {since:%Y-%m-%d %H:%M:%S} UTC."
         )
-        fields += ["failure_error", "failure_reason"]
-    locked.save(update_fields=fields)
     logger.info("Batch %s: %s of %s results served so far", locked.pk, stored, expected)
 
 
@@ -640,28 +809,20 @@ def _results_gone(error: ProviderError) -> bool:
     return isinstance(error, ProviderNotFound) or error.status_code in (404, 410)
 
 
-def _results_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
+def _short(batch: ModelCompletionBatch, tally: dict[str, Any]) -> tuple[int, int] | None:
     """(outcomes stored, outcomes the provider counts) when results are still to come."""
     counts = batch.request_counts or {}
     expected = count_of(counts, "succeeded") + count_of(counts, "failed")
-    if not expected:
+    if not expected or tally["counted"] >= expected:
         return None
-    outcomes = (
-        batch.completions.exclude(status=CompletionStatus.PENDING)
-        .exclude(failure_error__in=UNCOUNTED_KINDS)
-        .count()
-    )
-    if outcomes >= expected:
-        return None
-    if not batch.completions.filter(status=CompletionStatus.PENDING).exists():
+    if not tally["pending"]:
         return None  # nothing left to wait for, whatever the counters say
-    return outcomes, expected
+    return tally["counted"], expected
 
 
-def _lines_short(batch: ModelCompletionBatch) -> tuple[int, int] | None:
+def _lines_short(tally: dict[str, Any]) -> tuple[int, int] | None:
     """(lines with an outcome, lines) while some line is still pending."""
-    total = batch.completions.count()
-    pending = batch.completions.filter(status=CompletionStatus.PENDING).count()
+    total, pending = tally["all"], tally["pending"]
     return (total - pending, total) if pending else None
 
 

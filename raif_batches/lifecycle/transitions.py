@@ -10,6 +10,7 @@ Decisions in time read the database clock, never a host's.
 
 from __future__ import annotations
 
+import copy
 import logging
 from datetime import datetime, timedelta
 from typing import Any
@@ -89,6 +90,22 @@ def next_status(
     if batch.expires_at is not None and now >= batch.expires_at and counts.get("cancelled"):
         return BatchStatus.EXPIRED
     return BatchStatus.ENDED
+
+
+def would_end(batch: ModelCompletionBatch, snapshot: BatchSnapshot, now: datetime) -> bool:
+    """Whether storing ``snapshot`` at ``now`` would end ``batch`` (as :func:`store_snapshot`
+    decides), without changing it. A poll reads such a batch's first results at once, in the
+    thread that read its status; the status itself is decided again under the row lock."""
+    if snapshot.status is not None and snapshot.status not in TERMINAL_STATUSES:
+        return False  # a provider's status is believed: not terminal, never ends the batch
+    if snapshot.status is None and count_of(snapshot.counts, "pending") > 0:
+        return False  # derived from the counters: nothing ends while lines are pending
+    probe = copy.copy(batch)
+    try:
+        store_snapshot(probe, snapshot, now)
+    except Exception:  # the calling thread meets it when it stores the snapshot
+        return False
+    return probe.is_terminal
 
 
 #: The statuses a provider's snapshot may name (``BatchSnapshot.status``).

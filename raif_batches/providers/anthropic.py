@@ -72,14 +72,13 @@ from ..models import ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
     BatchListing,
+    BatchListPage,
     BatchSnapshot,
     BatchStrategy,
     LostCreate,
     ParsedCompletion,
-    RecentBatches,
     ResultEntry,
     ResultPage,
-    collect_recent,
 )
 
 logger = logging.getLogger("raif_batches.anthropic")
@@ -522,6 +521,7 @@ class AnthropicStrategy(BatchStrategy):
     reconcile_by_name = False
     results_lag_counters = False
     batch_list_newest_first = True
+    list_page_size = MAX_LIST_LIMIT
 
     def __init__(self, client: AnthropicClient | None = None):
         super().__init__()
@@ -742,29 +742,18 @@ class AnthropicStrategy(BatchStrategy):
                     ),
                 )
 
-    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
-        """The newest-first workspace list, read back to ``created_after``: one call per
-        1,000 batches serves every in-flight batch of a poll (see
-        :func:`~.base.collect_recent`)."""
-        return collect_recent(self._snapshot_pages(), created_after)
-
-    def _snapshot_pages(self) -> Iterator[list[BatchSnapshot]]:
-        after: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": MAX_LIST_LIMIT}
-            if after:
-                params["after_id"] = after
-            answer = self.client.request(
-                "GET", BATCHES_PATH, idempotent=True, params=params, expect=listing_page
-            )
-            items = [i for i in answer.get("data") or [] if isinstance(i, dict)][:MAX_LIST_LIMIT]
-            yield [parse_batch(item) for item in items]
-            last_id = answer.get("last_id")
-            if not answer.get("has_more") or not items or not isinstance(last_id, str):
-                return
-            if last_id == after:
-                return
-            after = last_id
+    def list_batches_page(self, after: str | None) -> BatchListPage:
+        params: dict[str, Any] = {"limit": self.list_page_size}
+        if after:
+            params["after_id"] = after
+        answer = self.client.request(
+            "GET", BATCHES_PATH, idempotent=True, params=params, expect=listing_page
+        )
+        items = [i for i in answer.get("data") or [] if isinstance(i, dict)][: self.list_page_size]
+        last_id = answer.get("last_id")
+        more = bool(answer.get("has_more")) and bool(items) and isinstance(last_id, str)
+        more = more and last_id != after
+        return BatchListPage([parse_batch(item) for item in items], last_id if more else None)
 
     @staticmethod
     def _window(create: LostCreate) -> tuple[datetime, datetime]:

@@ -12,7 +12,7 @@ Everything else (transactions, row locks, leases, status decisions, results) bel
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -133,11 +133,12 @@ class BatchListing:
 
 
 @dataclass(frozen=True)
-class RecentBatches:
-    """What one read of the provider's list says about its recent batches, by id."""
+class BatchListPage:
+    """One page of the provider's batch list: its batches, and the cursor that reads the next
+    page (``list_batches_page(after=next_after)``), None at the end of the list."""
 
-    snapshots: Mapping[str, BatchSnapshot]
-    complete: bool = True
+    snapshots: list[BatchSnapshot]
+    next_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -160,36 +161,6 @@ class ResultPage(list[ResultEntry]):
     the harvest reads again before failing lines it did not see. A plain list counts none."""
 
     unreadable: int = 0
-
-
-def collect_recent(
-    pages: Iterable[Sequence[BatchSnapshot]], created_after: datetime
-) -> RecentBatches:
-    """Read a newest-first list's pages until one is wholly older than ``created_after``.
-
-    Bounded by RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS; a read stopped by a bound (or a
-    page without creation times) says so with ``complete=False``.
-    """
-    from time import monotonic
-
-    from ..conf import get_setting
-
-    max_pages = int(get_setting("RECONCILE_MAX_PAGES"))
-    max_seconds = float(get_setting("RECONCILE_MAX_SECONDS"))
-    started = monotonic()
-    found: dict[str, BatchSnapshot] = {}
-    for number, page in enumerate(pages, start=1):
-        older = 0
-        for snapshot in page:
-            if snapshot.provider_batch_id:
-                found.setdefault(snapshot.provider_batch_id, snapshot)
-            if snapshot.created_at is not None and snapshot.created_at < created_after:
-                older += 1
-        if page and older == len(page):
-            return RecentBatches(found)
-        if number >= max_pages or monotonic() - started >= max_seconds:
-            return RecentBatches(found, complete=False)
-    return RecentBatches(found)
 
 
 class BatchStrategy:
@@ -265,13 +236,16 @@ class BatchStrategy:
         """
         raise NotImplementedError
 
-    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
-        """Every provider batch created after ``created_after``, read from the provider's list
-        (newest first) in as few calls as it allows, for polling many batches at once; None
-        when the list cannot serve that (no documented order, as at xAI). Bounded by
-        RECONCILE_MAX_PAGES and RECONCILE_MAX_SECONDS: a read stopped by a bound returns what
-        it read (``complete=False``), and the batches it did not reach are read one by one."""
-        return None
+    #: Batches on one page of the list at most (its largest ``limit``), when the list is newest
+    #: first and its cursor is a batch id (``list_batches_page``): a poll then reads the list
+    #: in stretches at once, each after one of the batches it polls. 0: not offered.
+    list_page_size: ClassVar[int] = 0
+
+    def list_batches_page(self, after: str | None) -> BatchListPage:
+        """One page of the newest-first batch list, of ``list_page_size`` batches: the newest,
+        or those listed after the batch ``after`` (any batch id, the list's cursor). Used to
+        poll many batches in a few calls (:func:`raif_batches.lifecycle.status.read_listed`)."""
+        raise NotImplementedError
 
     def get_provider_batch(self, provider_batch_id: str) -> BatchSnapshot:
         raise NotImplementedError
@@ -281,6 +255,11 @@ class BatchStrategy:
 
     def iter_result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
         raise NotImplementedError
+
+    def iter_result_pages_after(self, ended: BatchSnapshot) -> Iterator[list[ResultEntry]]:
+        """``iter_result_pages`` given the answer in which the provider said the batch ended
+        (read moments ago), which a provider may use to save a call; by default the same."""
+        return self.iter_result_pages(ended.provider_batch_id)
 
     def parse_completion(self, payload: dict[str, Any]) -> ParsedCompletion:
         raise NotImplementedError

@@ -48,18 +48,17 @@ import requests
 from ..conf import get_setting
 from ..exceptions import InvalidBatchRequest, ProviderError
 from ..http import ApiClient, Validator, describe, json_object
-from ..models import ModelCompletion, ModelCompletionBatch
+from ..models import TERMINAL_STATUSES, ModelCompletion, ModelCompletionBatch
 from ..readahead import read_ahead
 from .base import (
     BatchListing,
+    BatchListPage,
     BatchSnapshot,
     BatchStrategy,
     LostCreate,
     ParsedCompletion,
-    RecentBatches,
     ResultEntry,
     ResultPage,
-    collect_recent,
 )
 from .xai import parse_chat_completion
 
@@ -334,6 +333,7 @@ class OpenAIStrategy(BatchStrategy):
     reconcile_by_name = True
     results_lag_counters = False
     batch_list_newest_first = True
+    list_page_size = LIST_PAGE_SIZE
 
     def __init__(self, client: OpenAIClient | None = None):
         super().__init__()
@@ -493,28 +493,17 @@ class OpenAIStrategy(BatchStrategy):
                     ),
                 )
 
-    def list_recent_batches(self, created_after: datetime) -> RecentBatches | None:
-        """The newest-first list, read back to ``created_after``: one call per 100 batches
-        serves every in-flight batch of a poll (see :func:`~.base.collect_recent`)."""
-        return collect_recent(self._snapshot_pages(), created_after)
-
-    def _snapshot_pages(self) -> Iterator[list[BatchSnapshot]]:
-        after: str | None = None
-        seen: set[str] = set()
-        while True:
-            params: dict[str, Any] = {"limit": LIST_PAGE_SIZE}
-            if after:
-                params["after"] = after
-            answer = self.client.request(
-                "GET", "/batches", idempotent=True, params=params, expect=list_page()
-            )
-            items = [item for item in answer.get("data") or [] if isinstance(item, dict)]
-            yield [parse_batch(item) for item in items]
-            last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
-            if answer.get("has_more") is not True or not items or not last or last in seen:
-                return
-            seen.add(last)
-            after = last
+    def list_batches_page(self, after: str | None) -> BatchListPage:
+        params: dict[str, Any] = {"limit": self.list_page_size}
+        if after:
+            params["after"] = after
+        answer = self.client.request(
+            "GET", "/batches", idempotent=True, params=params, expect=list_page()
+        )
+        items = [item for item in answer.get("data") or [] if isinstance(item, dict)]
+        last = _text(answer.get("last_id")) or (_text(items[-1].get("id")) if items else "")
+        more = answer.get("has_more") is True and bool(items) and bool(last) and last != after
+        return BatchListPage([parse_batch(item) for item in items], last if more else None)
 
     # -- status, cancel -----------------------------------------------------------------------
 
@@ -549,8 +538,20 @@ class OpenAIStrategy(BatchStrategy):
         while the caller stores this one (see :mod:`raif_batches.readahead`)."""
         return read_ahead(self._result_pages(provider_batch_id), name="raif-results")
 
+    def iter_result_pages_after(self, ended: BatchSnapshot) -> Iterator[list[ResultEntry]]:
+        """The files named by the answer that ended the batch: they do not change once it has
+        ended, so the batch is not read again for them."""
+        if ended.status not in TERMINAL_STATUSES or not ended.raw:
+            return self.iter_result_pages(ended.provider_batch_id)
+        pages = self._file_pages(ended.provider_batch_id, ended.raw)
+        return read_ahead(pages, name="raif-results")
+
     def _result_pages(self, provider_batch_id: str) -> Iterator[list[ResultEntry]]:
-        batch = self._get_batch(provider_batch_id)
+        yield from self._file_pages(provider_batch_id, self._get_batch(provider_batch_id))
+
+    def _file_pages(
+        self, provider_batch_id: str, batch: dict[str, Any]
+    ) -> Iterator[list[ResultEntry]]:
         size = max(1, int(get_setting("RESULTS_PAGE_SIZE")))
         for key in ("output_file_id", "error_file_id"):
             file = file_id(batch.get(key))

@@ -9,7 +9,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..completions import (
@@ -144,7 +144,7 @@ class OpenAIEmulatorState:
             items = [f for f in self.files.values() if f.purpose == query.get("purpose", f.purpose)]
             items.sort(key=lambda f: f.created_at, reverse=query.get("order", "desc") == "desc")
             limit = page_limit(query, 10_000, 10_000)
-            return self._envelope([f.as_json() for f in items], query.get("after"), limit, None)
+            return self._envelope(items, StoredFile.as_json, query.get("after"), limit, None)
 
     def file_content(self, file_id: str) -> RawAnswer:
         with self._lock:
@@ -222,19 +222,17 @@ class OpenAIEmulatorState:
             cfg = self.config
             limit = page_limit(query, cfg.default_page_size, cfg.max_page_size)
             ordered = sorted(self.batches.values(), key=lambda b: b.seq, reverse=True)
-            for batch in ordered:
-                self._observe(batch)
-            views = [batch_view(batch, self.config) for batch in ordered]
-            endless = "list_batches" in cfg.endless_pagination
-            page = self._envelope(views, query.get("after"), limit, bend, endless=endless)
-            # An entry on a served page is a look at the batch, as a GET is: the batches a
-            # client polls by the list move on as those it reads one by one do.
-            by_id = {batch.id: batch for batch in ordered}
-            for index, item in enumerate(page["data"]):
-                batch = by_id[item["id"]]
+
+            def view(batch: Batch) -> dict[str, Any]:
+                # Only the batches listed are brought up to the clock and rendered, as a
+                # server pages its store: a page costs the same whatever the list's length.
+                # An entry on a served page is a look at the batch, as a GET is: the batches
+                # a client polls by the list move on as those it reads one by one do.
                 self._observe(batch, read=True)
-                page["data"][index] = batch_view(batch, self.config)
-            return page
+                return batch_view(batch, self.config)
+
+            endless = "list_batches" in cfg.endless_pagination
+            return self._envelope(ordered, view, query.get("after"), limit, bend, endless=endless)
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
@@ -256,21 +254,23 @@ class OpenAIEmulatorState:
 
     def _envelope(
         self,
-        items: list[dict[str, Any]],
+        items: Sequence[Any],
+        view: Callable[[Any], dict[str, Any]],
         after: str | None,
         limit: int,
         bend: str | None,
         endless: bool = False,
     ) -> dict[str, Any]:
-        """Cursor pagination: ``after`` is the id of the last item already seen."""
+        """Cursor pagination: ``after`` is the id of the last item already seen; ``view``
+        renders an item (each has an ``id``), for the page's items only."""
         start = 0
         if after and bend != "repeat_page":  # that fault: the cursor is ignored
-            ids = [item["id"] for item in items]
+            ids = [item.id for item in items]
             start = ids.index(after) + 1 if after in ids else len(items)
         if endless and start >= len(items):
             start = 0  # the list starts over, for ever
         size = limit + max(0, self.config.page_overflow)
-        page = items[start : start + size]
+        page = [view(item) for item in items[start : start + size]]
         more = start + size < len(items)
         last = page[-1]["id"] if page else None
         if endless:
