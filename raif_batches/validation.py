@@ -61,8 +61,8 @@ def _is_clean(value: Any, depth: int) -> bool:
     """:func:`json_problem` without the paths: the fast answer for the usual, valid input.
 
     Scalars are checked where their container is read, so that only containers go on the
-    stack: a request is mostly strings, and a push and a pop per string cost more than the
-    check itself.
+    stack: a request is mostly strings, and a push and a pop per string cost more than
+    checking it.
     """
     stack: list[tuple[Any, int]] = [(value, depth)]
     pop, push, search, isfinite = stack.pop, stack.append, _BAD_CHARACTERS.search, math.isfinite
@@ -74,7 +74,7 @@ def _is_clean(value: Any, depth: int) -> bool:
             if level >= MAX_JSON_DEPTH:
                 return False
             for key in item:
-                if type(key) is not str or search(key):
+                if type(key) is not str or ((not key.isascii() or "\x00" in key) and search(key)):
                     return False
             children = item.values()
         elif kind is list or kind is tuple:
@@ -88,7 +88,9 @@ def _is_clean(value: Any, depth: int) -> bool:
         for child in children:
             kind = type(child)
             if kind is str:
-                if search(child):
+                # ASCII without NUL holds no bad character: a flag and a memchr, where the
+                # regex would scan the whole text.
+                if (not child.isascii() or "\x00" in child) and search(child):
                     return False
             elif kind is dict or kind is list or kind is tuple:
                 push((child, level))
