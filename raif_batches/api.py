@@ -374,8 +374,8 @@ class _RequestRows:
         def fail(problem: str) -> InvalidBatchRequest:
             return InvalidBatchRequest(problem, custom_id=custom_id)
 
-        forbidden = FORBIDDEN_KEYS.intersection(request)
-        if forbidden:
+        if not FORBIDDEN_KEYS.isdisjoint(request):
+            forbidden = FORBIDDEN_KEYS.intersection(request)
             raise fail(
                 f"{', '.join(sorted(forbidden))} cannot be set per request (the model is the "
                 "batch's; batches do not stream)."
