@@ -36,8 +36,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/raif_bench"
 
 #: Child operations, in the order they must run (later ones use the data earlier ones built).
 OPERATIONS = (
-    "create",
-    "create_floor",
+    "create",  # and its floor, by turns
     "create_baseline_per_row",
     "submit",
     "submit_baseline_in_memory",
@@ -78,6 +77,17 @@ def main() -> None:
     parser.add_argument("--poll-sample", type=int, default=100, help="batches, sequential poll")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     parser.add_argument("--quick", action="store_true", help="small sizes (see QUICK)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of an operation timed against its floor"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=OPERATIONS,
+        metavar="NAME",
+        help="run only this operation (repeatable; one that reads an earlier one's data, "
+        "such as submit after create, needs it named too): " + ", ".join(OPERATIONS),
+    )
     args = parser.parse_args()
     if args.quick:
         for name, value in QUICK.items():
@@ -104,7 +114,8 @@ def main() -> None:
     ):
         context = {"instant": instant, "slow": slow, "padded": padded}
         for operation in OPERATIONS:
-            results.extend(run_child(operation, context))
+            if args.only is None or operation in args.only:
+                results.extend(run_child(operation, context))
     print()
     print(render_table(results))
     print(f"\nbenchmark finished in {time.monotonic() - started:.0f} s")
