@@ -89,8 +89,8 @@ def _run(machine: type[BatchHistory], emulator: Any, settings_fixture: Any, exam
 
 #: Histories per run (CI-sized; ``RAIF_RANDOMIZED_EXAMPLES`` overrides them all): xAI, whose
 #: emulator plays the most quirks, gets the most.
-IN_PROCESS = {"xai": 30, "openai": 15, "anthropic": 15}
-WITH_PROCESSES = {"xai": 8, "openai": 4, "anthropic": 4}
+IN_PROCESS = {"xai": 30, "openai": 8, "anthropic": 8}
+WITH_PROCESSES = {"xai": 8, "openai": 3, "anthropic": 3}
 
 
 def test_histories_in_process(any_realistic_emulator: Any, settings: Any) -> None:

@@ -80,8 +80,10 @@ def next_status(
             if batch.cancel_reason == "deadline":
                 return BatchStatus.EXPIRED
             return BatchStatus.CANCELED if counts.get("cancelled") else BatchStatus.ENDED
-        if not total and now - cancel_started >= grace:
-            return BatchStatus.CANCELED  # cancelled before xAI even validated the file
+        if not total and provider_cancelled_at is not None and now - cancel_started >= grace:
+            # Cancelled before xAI even validated the file. Zero counters alone prove nothing:
+            # a file still validating reads the same, and our cancel may never have landed.
+            return BatchStatus.CANCELED
         return BatchStatus.CANCELLING
     if total == 0:
         return BatchStatus.SUBMITTED  # the provider is still validating the file
