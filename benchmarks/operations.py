@@ -23,8 +23,6 @@ import django
 MB = 1024 * 1024
 BIG_BATCH = "bench-50k"
 PADDED_BATCH = "bench-50k-4kb"
-#: Timings against a floor are the median of this many runs.
-REPEATS = 3
 SYSTEM_PROMPT = (
     "You label customer reviews as positive, negative or neutral. Answer with the label and "
     "one short sentence that explains it."
@@ -218,11 +216,20 @@ def vacuum(*models: Any) -> None:
 
 
 def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
+    """create_batch and its floor, run by turns: on a machine whose load drifts (other
+    processes share its cores), the runs of both sides see the same drift, so their medians
+    compare."""
+    from django.db import connection, transaction
+
     from raif_batches import create_batch
     from raif_batches.api import INSERT_CHUNK
+    from raif_batches.models import ModelCompletionBatch
 
-    runs = []
-    for attempt in range(REPEATS):
+    from . import floors
+
+    with_floor = connection.vendor == "postgresql"
+    ours, floor_runs = [], []
+    for attempt in range(args.repeats):
         with measure() as m:
             batch = create_batch(
                 model="grok-4.3",
@@ -230,16 +237,23 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
                 name=BIG_BATCH if attempt == 0 else "bench-create-again",
             )
         assert batch.completions.count() == args.rows
-        runs.append(m)
+        ours.append(m)
         if attempt:
             delete_batch(batch)
-    m = median_of(runs)
+        if not with_floor:
+            continue
+        with measure() as m, transaction.atomic():
+            batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-floor")
+            assert floors.copy_requests(batch.pk, review_requests(args.rows, "f")) == args.rows
+        floor_runs.append(m)
+        delete_batch(batch)
+    m = median_of(ours)
     chunks = math.ceil(args.rows / INSERT_CHUNK)
-    return [
+    measured = [
         row(
             "create",
             f"create_batch: validated, one COPY (INSERT elsewhere) per {INSERT_CHUNK:,} requests"
-            f" (median of {REPEATS})",
+            f" (median of {args.repeats}, by turns with the floor)",
             m,
             n=args.rows,
             item="requests",
@@ -251,34 +265,19 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
             floor_max=1.5,
         )
     ]
-
-
-def op_create_floor(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
-    from django.db import connection, transaction
-
-    from raif_batches.models import ModelCompletionBatch
-
-    from . import floors
-
-    if connection.vendor != "postgresql":
-        return []
-    runs = []
-    for _ in range(REPEATS):
-        with measure() as m, transaction.atomic():
-            batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-floor")
-            assert floors.copy_requests(batch.pk, review_requests(args.rows, "f")) == args.rows
-        runs.append(m)
-        delete_batch(batch)
-    return [
-        row(
-            "create_floor",
-            f"floor: one psycopg COPY of the same rows, no validation (median of {REPEATS})",
-            median_of(runs),
-            n=args.rows,
-            item="requests",
-            label="COPY",
+    if with_floor:
+        measured.append(
+            row(
+                "create_floor",
+                "floor: one psycopg COPY of the same rows, no validation "
+                f"(median of {args.repeats})",
+                median_of(floor_runs),
+                n=args.rows,
+                item="requests",
+                label="COPY",
+            )
         )
-    ]
+    return measured
 
 
 def op_create_baseline_per_row(
@@ -570,7 +569,7 @@ def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dic
             for entry in page:
                 results.result_row(batch, entry, None, now, prices)
     ours = []
-    for _ in range(REPEATS):
+    for _ in range(args.repeats):
         reset_results(batch)
         with measure() as m:
             prices = results.Prices()
@@ -581,7 +580,7 @@ def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dic
         row(
             "harvest_db",
             f"harvest, database work: apply_result_page on {len(pages)} pages of 1,000 "
-            f"(median of {REPEATS})",
+            f"(median of {args.repeats})",
             median_of(ours),
             n=args.rows,
             item="results",
@@ -600,7 +599,7 @@ def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dic
     ]
     if connection.vendor == "postgresql":
         floor_runs = []
-        for _ in range(REPEATS):
+        for _ in range(args.repeats):
             reset_results(batch)
             with measure() as m, transaction.atomic():
                 assert floors.copy_results_then_update(batch, pages) == args.rows
@@ -609,7 +608,7 @@ def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dic
             row(
                 "harvest_db_floor",
                 f"floor: the same parsing, COPY into a temp table + one UPDATE "
-                f"(median of {REPEATS})",
+                f"(median of {args.repeats})",
                 median_of(floor_runs),
                 n=args.rows,
                 item="results",
@@ -789,7 +788,6 @@ OPERATIONS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], list[dict[s
     "submit": op_submit,
     "submit_baseline_in_memory": op_submit_baseline_in_memory,
     "harvest": op_harvest,
-    "create_floor": op_create_floor,
     "harvest_db": op_harvest_db,
     "padded_setup": op_padded_setup,
     "harvest_memory_debug": op_harvest_memory_debug,

@@ -43,8 +43,7 @@ DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/raif_bench"
 
 #: Child operations, in the order they must run (later ones use the data earlier ones built).
 OPERATIONS = (
-    "create",
-    "create_floor",
+    "create",  # and its floor, by turns
     "create_baseline_per_row",
     "submit",
     "submit_baseline_in_memory",
@@ -97,6 +96,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes (see QUICK)")
     parser.add_argument(
         "--scale", action="store_true", help="the admin pages at 5M completions (admin_scale)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="runs of an operation timed against its floor"
     )
     args = parser.parse_args()
     if args.scale:

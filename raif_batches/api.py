@@ -5,6 +5,7 @@ What is accepted, and why, is in :mod:`raif_batches.validation`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import warnings
@@ -15,7 +16,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.utils.module_loading import import_string
 
-from .bulk import insert_instances
+from .bulk import encode_json, insert_rows
 from .conf import provider_label
 from .exceptions import BatchConfigurationError, InvalidBatchRequest
 from .models import CompletionStatus, ModelCompletion, ModelCompletionBatch
@@ -33,9 +34,10 @@ CUSTOM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 #: Keys of a request that are stored in their own columns.
-COLUMN_KEYS = ("temperature", "max_tokens", "response_format", "tools", "tool_choice")
+COLUMN_KEYS = ModelCompletion.PARAMETER_FIELDS
 #: Keys a batch line must not carry: the model is the batch's, streaming is not batchable.
 FORBIDDEN_KEYS = frozenset({"model", "stream", "stream_options"})
+_NUMBER = (int, float)
 INSERT_CHUNK = 2000
 
 
@@ -86,8 +88,6 @@ def _create(
     handler: str | None,
     retry_of: ModelCompletionBatch | None,
 ) -> ModelCompletionBatch:
-    seen: set[str] = set()
-    total_bytes = 0
     with transaction.atomic():
         batch = ModelCompletionBatch.objects.create(
             provider=provider,
@@ -97,37 +97,13 @@ def _create(
             handler=handler or "",
             retry_of=retry_of,
         )
-
-        def completions() -> Iterator[ModelCompletion]:
-            # Validated as the insert asks for rows, INSERT_CHUNK at a time (the most held in
-            # memory). An error here stops the insert; the transaction rolls back what was
-            # sent.
-            nonlocal total_bytes
-            for index, request in enumerate(requests):
-                completion, line_bytes = _build_completion(
-                    batch, model, index, request, seen, strategy=strategy
-                )
-                total_bytes += line_bytes
-                if index >= strategy.max_requests_per_batch:
-                    raise InvalidBatchRequest(
-                        f"more than {strategy.max_requests_per_batch} requests; {provider} "
-                        "accepts at most that many per batch. Use raif_batches.create_batches() "
-                        "to split them."
-                    )
-                if line_bytes > strategy.max_line_bytes:
-                    raise InvalidBatchRequest(
-                        f"the request line is {line_bytes} bytes; {provider} accepts at most "
-                        f"{strategy.max_line_bytes} bytes per line.",
-                        custom_id=completion.batch_custom_id,
-                    )
-                if total_bytes > strategy.max_file_bytes:
-                    raise InvalidBatchRequest(
-                        f"the batch file would exceed {strategy.max_file_bytes} bytes. Use "
-                        "raif_batches.create_batches() to split the requests."
-                    )
-                yield completion
-
-        count = insert_instances(ModelCompletion, completions(), max_rows=INSERT_CHUNK)
+        count = insert_rows(
+            ModelCompletion,
+            _RequestRows.COLUMNS,
+            _RequestRows(strategy, provider, model).chunks(requests, INSERT_CHUNK),
+            # One creation time for the whole batch: its rows are written in one transaction.
+            shared={"batch_id": batch.pk, "created_at": batch.created_at},
+        )
         if count == 0:
             raise InvalidBatchRequest("a batch needs at least one request.")
         batch.request_counts = {
@@ -278,127 +254,253 @@ def _warn_unknown_model(provider: str, model: str) -> None:
         )
 
 
-def _build_completion(
-    batch: ModelCompletionBatch,
-    model: str,
-    index: int,
-    request: Mapping[str, Any],
-    seen: set[str],
-    *,
-    strategy: Any,
-) -> tuple[ModelCompletion, int]:
-    if not isinstance(request, Mapping):
-        raise InvalidBatchRequest("each request must be a dict.", index=index)
-    custom_id = request.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        raise InvalidBatchRequest("custom_id is required and must be a string.", index=index)
-    if not CUSTOM_ID_PATTERN.fullmatch(custom_id):
-        raise InvalidBatchRequest(
-            "custom_id must be 1-64 characters of letters, digits and _ . : - "
-            "(starting with a letter or digit).",
-            custom_id=custom_id[:80],
+class _RequestRows:
+    """Checks requests one by one and turns each into the row of its completion, measuring its
+    line (the provider's JSONL line, or its share of Anthropic's create body) as it goes.
+
+    Built once per batch, so that what depends on the provider or the model (limits, the custom
+    id rule, the JSON of the model's name) is looked up once, not once per request. Each JSON
+    column is encoded once, by :data:`~raif_batches.bulk.encode_json`; the line is measured
+    from those texts instead of encoding the body again: ``json.dumps`` of a dict is the
+    concatenation of its keys' and values' texts, so its length is their sum plus the
+    separators'. The insert sends the same texts.
+    """
+
+    #: The values of a row, in order (:func:`~raif_batches.bulk.insert_rows`).
+    COLUMNS = (
+        "batch_custom_id",
+        *ModelCompletion.REQUEST_FIELDS,
+        "source_content_type_id",
+        "source_object_id",
+    )
+    #: The request keys that are not stored in ``extra_body``.
+    NOT_EXTRA = frozenset({"custom_id", "messages", "source", *COLUMN_KEYS})
+
+    def __init__(self, strategy: Any, provider: str, model: str):
+        self.strategy = strategy
+        self.provider = provider
+        self.seen: set[str] = set()
+        self.total_bytes = 0
+        self.max_requests = strategy.max_requests_per_batch
+        self.max_line_bytes = strategy.max_line_bytes
+        self.max_file_bytes = strategy.max_file_bytes
+        self.label = provider_label(strategy.provider)
+        self.max_custom_id_length = strategy.max_custom_id_length
+        self.custom_id_pattern = strategy.custom_id_pattern
+        self.matches_provider_pattern = (
+            re.compile(self.custom_id_pattern).fullmatch
+            if self.custom_id_pattern is not None
+            else None
         )
-    provider_problem = _custom_id_problem(strategy, custom_id)
-    if provider_problem:
-        raise InvalidBatchRequest(provider_problem, custom_id=custom_id)
-    if custom_id in seen:
-        raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
-    seen.add(custom_id)
-    check_request_values(request, custom_id)
+        # '{"model": <model>, "messages": ' and the closing brace: the same in every body.
+        self.fixed_bytes = _utf8_length(f'{{"model": {encode_json(model)}, "messages": }}')
 
-    def fail(problem: str) -> InvalidBatchRequest:
-        return InvalidBatchRequest(problem, custom_id=custom_id)
+    def chunks(
+        self, requests: Iterable[Mapping[str, Any]], size: int
+    ) -> Iterator[Iterator[tuple[Any, ...]]]:
+        """The rows of ``requests``, ``size`` requests to a chunk, for
+        :func:`~raif_batches.bulk.insert_rows`.
 
-    forbidden = FORBIDDEN_KEYS & set(request)
-    if forbidden:
-        raise fail(
+        A chunk's rows are made while its ``COPY`` is open, when the connection serves nothing
+        else: what needs the database is done before the chunk is handed out. Its requests are
+        drawn then (``requests`` may read them from the database, as :func:`retry_failed`
+        does), and the content types of their sources read.
+        """
+        iterator = iter(requests)
+        start = 0
+        while drawn := list(itertools.islice(iterator, size)):
+            for request in drawn:
+                source = request.get("source") if isinstance(request, Mapping) else None
+                if isinstance(source, models.Model) and source.pk is not None:
+                    ContentType.objects.get_for_model(source)  # cached for row()
+            yield self.rows(drawn, start)
+            start += len(drawn)
+
+    def rows(self, requests: list[Mapping[str, Any]], start: int) -> Iterator[tuple[Any, ...]]:
+        """The row of each request (numbered from ``start``); raises on the first invalid
+        request or exceeded limit."""
+        for index, request in enumerate(requests, start):
+            row, line_bytes = self.row(index, request)
+            self.total_bytes += line_bytes
+            if index >= self.max_requests:
+                raise InvalidBatchRequest(
+                    f"more than {self.max_requests} requests; {self.provider} accepts at most "
+                    "that many per batch. Use raif_batches.create_batches() to split them."
+                )
+            if line_bytes > self.max_line_bytes:
+                raise InvalidBatchRequest(
+                    f"the request line is {line_bytes} bytes; {self.provider} accepts at most "
+                    f"{self.max_line_bytes} bytes per line.",
+                    custom_id=row[0],
+                )
+            if self.total_bytes > self.max_file_bytes:
+                raise InvalidBatchRequest(
+                    f"the batch file would exceed {self.max_file_bytes} bytes. Use "
+                    "raif_batches.create_batches() to split the requests."
+                )
+            yield row
+
+    def row(self, index: int, request: Mapping[str, Any]) -> tuple[tuple[Any, ...], int]:
+        """The row of one request (:attr:`COLUMNS`) and the bytes of its line."""
+        # (type() first: isinstance against an ABC costs more than the rest of a check.)
+        if type(request) is not dict and not isinstance(request, Mapping):
+            raise InvalidBatchRequest("each request must be a dict.", index=index)
+        custom_id = request.get("custom_id")
+        if not isinstance(custom_id, str) or not custom_id:
+            raise InvalidBatchRequest("custom_id is required and must be a string.", index=index)
+        if not CUSTOM_ID_PATTERN.fullmatch(custom_id):
+            raise InvalidBatchRequest(
+                "custom_id must be 1-64 characters of letters, digits and _ . : - "
+                "(starting with a letter or digit).",
+                custom_id=custom_id[:80],
+            )
+        if len(custom_id) > self.max_custom_id_length:
+            raise InvalidBatchRequest(
+                f"custom_id is {len(custom_id)} characters; {self.label} accepts at most "
+                f"{self.max_custom_id_length}.",
+                custom_id=custom_id,
+            )
+        if (
+            self.matches_provider_pattern is not None
+            and self.matches_provider_pattern(custom_id) is None
+        ):
+            raise InvalidBatchRequest(
+                f"custom_id must match {self.custom_id_pattern} for {self.label}.",
+                custom_id=custom_id,
+            )
+        if custom_id in self.seen:
+            raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
+        self.seen.add(custom_id)
+        check_request_values(request, custom_id)
+        problem = _parameter_problem(request)
+        if problem is None:
+            problem = self.strategy.check_request(request)
+        if problem:
+            raise InvalidBatchRequest(problem, custom_id=custom_id)
+
+        source = request.get("source")
+        content_type_id: int | None = None
+        object_id = ""
+        if source is None:
+            pass
+        elif isinstance(source, _SourceRef):
+            content_type_id, object_id = source
+        else:
+            if not isinstance(source, models.Model) or source.pk is None:
+                raise InvalidBatchRequest(
+                    "source must be a saved model instance.", custom_id=custom_id
+                )
+            content_type_id = ContentType.objects.get_for_model(source).pk
+            object_id = str(source.pk)
+            if len(object_id) > 64:
+                raise InvalidBatchRequest(
+                    "source's primary key is longer than 64 characters.", custom_id=custom_id
+                )
+        try:
+            return self._encode(custom_id, request, content_type_id, object_id)
+        except (TypeError, ValueError) as error:
+            raise InvalidBatchRequest(
+                f"the request is not JSON-serialisable: {error}", custom_id=custom_id
+            ) from error
+
+    def _encode(
+        self,
+        custom_id: str,
+        request: Mapping[str, Any],
+        content_type_id: int | None,
+        object_id: str,
+    ) -> tuple[tuple[Any, ...], int]:
+        """The row of a valid request, and the bytes of its line: those of the body that
+        :meth:`ModelCompletion.request_body` rebuilds from the row, as ``json.dumps`` (default
+        separators, ``ensure_ascii=False``) would write it, and the line's own."""
+        messages = encode_json(request["messages"])
+        size = self.fixed_bytes + LINE_OVERHEAD + len(custom_id) + _utf8_length(messages)
+        # Each key present in the body adds ', "<key>": <value>', len(key) + 6 bytes and more.
+        temperature = request.get("temperature")
+        if temperature is not None:
+            size += len("temperature") + 6 + len(_number_json(temperature))
+            temperature = float(temperature)  # as the FloatField stores it
+        max_tokens = request.get("max_tokens")
+        if max_tokens is not None:
+            size += len("max_tokens") + 6 + len(_number_json(max_tokens))
+            max_tokens = int(max_tokens)
+        texts: list[str | None] = []
+        for key in ("response_format", "tools", "tool_choice"):
+            value = request.get(key)
+            if value is None:
+                texts.append(None)  # SQL NULL, and not in the body
+                continue
+            text = encode_json(value)
+            size += len(key) + 6 + _utf8_length(text)
+            texts.append(text)
+        extra_text = "{}"
+        if not self.NOT_EXTRA.issuperset(request):
+            extra = {key: value for key, value in request.items() if key not in self.NOT_EXTRA}
+            extra_text = encode_json(extra)
+            # The extra keys follow in the same object: ', ' in place of their braces.
+            size += _utf8_length(extra_text)
+        response_format, tools, tool_choice = texts
+        row = (
+            custom_id,
+            messages,
+            temperature,
+            max_tokens,
+            response_format,
+            tools,
+            tool_choice,
+            extra_text,
+            content_type_id,
+            object_id,
+        )
+        return row, size
+
+
+def _parameter_problem(request: Mapping[str, Any]) -> str | None:
+    """What the common rules refuse in a request's parameters and messages, or ``None``."""
+    if not FORBIDDEN_KEYS.isdisjoint(request):
+        forbidden = FORBIDDEN_KEYS.intersection(request)
+        return (
             f"{', '.join(sorted(forbidden))} cannot be set per request (the model is the "
             "batch's; batches do not stream)."
         )
-    _validate_messages(request.get("messages"), fail)
+    problem = _messages_problem(request.get("messages"))
+    if problem:
+        return problem
     temperature = request.get("temperature")
     if temperature is not None and (
         isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
+        or not isinstance(temperature, _NUMBER)
         or not 0 <= temperature <= 2
     ):
-        raise fail("temperature must be a number between 0 and 2.")
+        return "temperature must be a number between 0 and 2."
     max_tokens = request.get("max_tokens")
     if max_tokens is not None and (
         isinstance(max_tokens, bool)
         or not isinstance(max_tokens, int)
         or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
     ):
-        raise fail(f"max_tokens must be a positive integer of at most {MAX_TOKENS_LIMIT}.")
+        return f"max_tokens must be a positive integer of at most {MAX_TOKENS_LIMIT}."
     response_format = request.get("response_format")
     if response_format is not None and (
         not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS
     ):
-        raise fail(
+        return (
             "response_format must be a dict whose type is one of "
             f"{', '.join(sorted(RESPONSE_FORMATS))}."
         )
     tools = request.get("tools")
     if tools is not None and not isinstance(tools, list):
-        raise fail("tools must be a list.")
-    provider_problem = strategy.check_request(request)
-    if provider_problem:
-        raise fail(provider_problem)
-
-    source = request.get("source")
-    content_type_id: int | None = None
-    object_id = ""
-    if isinstance(source, _SourceRef):
-        content_type_id, object_id = source
-    elif source is not None:
-        if not isinstance(source, models.Model) or source.pk is None:
-            raise fail("source must be a saved model instance.")
-        content_type_id = ContentType.objects.get_for_model(source).pk
-        object_id = str(source.pk)
-        if len(object_id) > 64:
-            raise fail("source's primary key is longer than 64 characters.")
-
-    extra = {
-        key: value
-        for key, value in request.items()
-        if key not in {"custom_id", "messages", "source", *COLUMN_KEYS}
-    }
-    completion = ModelCompletion(
-        batch=batch,
-        batch_custom_id=custom_id,
-        messages=request["messages"],
-        temperature=temperature,
-        max_tokens=max_tokens,
-        response_format=response_format,
-        tools=tools,
-        tool_choice=request.get("tool_choice"),
-        extra_body=extra,
-        source_content_type_id=content_type_id,
-        source_object_id=object_id,
-    )
-    try:
-        line_bytes = (
-            len(json.dumps(completion.request_body(model), ensure_ascii=False).encode())
-            + LINE_OVERHEAD
-            + len(custom_id)
-        )
-    except (TypeError, ValueError) as error:
-        raise fail(f"the request is not JSON-serialisable: {error}") from error
-    return completion, line_bytes
-
-
-def _custom_id_problem(strategy: Any, custom_id: str) -> str | None:
-    """What the provider refuses in a custom id beyond the common rule, as a sentence."""
-    label = provider_label(strategy.provider)
-    if len(custom_id) > strategy.max_custom_id_length:
-        return (
-            f"custom_id is {len(custom_id)} characters; {label} accepts at most "
-            f"{strategy.max_custom_id_length}."
-        )
-    pattern = strategy.custom_id_pattern
-    if pattern is not None and re.fullmatch(pattern, custom_id) is None:
-        return f"custom_id must match {pattern} for {label}."
+        return "tools must be a list."
     return None
+
+
+def _number_json(value: int | float) -> str:
+    """A number as ``json.dumps`` writes it (``repr`` of a plain int or finite float)."""
+    return repr(value) if type(value) is float or type(value) is int else encode_json(value)
+
+
+def _utf8_length(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _line_size(model: str, request: Mapping[str, Any]) -> int:
@@ -414,15 +516,15 @@ def _line_size(model: str, request: Mapping[str, Any]) -> int:
         ) from error
 
 
-def _validate_messages(messages: Any, fail: Any) -> None:
+def _messages_problem(messages: Any) -> str | None:
     if not isinstance(messages, list) or not messages:
-        raise fail("messages must be a non-empty list of {role, content} dicts.")
+        return "messages must be a non-empty list of {role, content} dicts."
     for position, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise fail(f"messages[{position}] must be a dict with role and content.")
+            return f"messages[{position}] must be a dict with role and content."
         role = message.get("role")
         if role not in ROLES:
-            raise fail(
+            return (
                 f"messages[{position}].role is {role!r}; expected one of "
                 f"{', '.join(sorted(ROLES))}."
             )
@@ -433,4 +535,5 @@ def _validate_messages(messages: Any, fail: Any) -> None:
             continue
         if isinstance(content, list) and content and all(isinstance(p, dict) for p in content):
             continue  # multimodal parts
-        raise fail(f"messages[{position}].content must be a string or a list of content parts.")
+        return f"messages[{position}].content must be a string or a list of content parts."
+    return None

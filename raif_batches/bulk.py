@@ -36,11 +36,10 @@ import datetime
 import decimal
 import functools
 import hashlib
-import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -92,71 +91,110 @@ def update_from_values(
     return _update_values_list(model, connection, fields, values, matches, rows, where_params)
 
 
-def insert_instances(
+#: JSON text as :func:`insert_rows` takes it for a ``JSONField``: Python's default separators,
+#: non-ASCII characters kept (``create_batch`` measures a request's line from the same text).
+#: Without the check for cycles, which costs a sixth of the call: it encodes values already
+#: checked (``validation.json_problem`` refuses nesting deeper than 31, so any cycle).
+encode_json = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
+
+
+def insert_rows(
     model: type[models.Model],
-    objs: Iterable[models.Model],
+    columns: Sequence[str],
+    chunks: Iterable[Iterable[tuple[Any, ...]]],
     *,
+    shared: dict[str, Any] | None = None,
     using: str = "default",
-    max_rows: int = MAX_PARAMS,
 ) -> int:
-    """Insert unsaved ``objs`` in as few statements as the bounds allow; pks are not read back.
+    """Insert the rows of ``chunks``, each row the values of ``columns`` (attribute names) in
+    that order, one statement per chunk (more where the bounds ask for it); pks are not read
+    back. Returns the rows inserted.
 
-    ``objs`` is consumed lazily, at most ``max_rows`` at a time: it may be a generator that
-    validates each object as it goes (an exception it raises stops the insert; the caller's
-    transaction rolls back what was sent).
+    A value is what its column stores, as the field's preparation would return it: ``None``, an
+    ``int``, ``float``, ``str`` or aware ``datetime``, and for a ``JSONField`` its JSON text
+    from :data:`encode_json` (``None`` for SQL ``NULL``), so that a caller who encoded a value
+    already (to measure it) does not pay for it twice. ``shared`` gives the values common to
+    every row (by attribute name); every other field takes its default, prepared once per call.
+    A field whose default is callable or computed at save time (``auto_now``) must be given.
 
-    On PostgreSQL each ``max_rows`` rows are streamed by one ``COPY``: ``bulk_create``
-    prepares every value of every row in Python and, for text columns, escapes them into array
-    literals, which made a 50,000-request batch take seconds longer than the insert itself.
-    Elsewhere the values are prepared as ``bulk_create`` prepares them and sent as ``VALUES``
-    lists, in statements bounded by bytes and by ``max_rows``.
+    ``chunks`` and each chunk are consumed lazily, so a chunk may be a generator that validates
+    each row as it goes; an exception it raises stops the insert (the caller's transaction rolls
+    back what was sent). On PostgreSQL each chunk is one ``COPY``, its rows drawn while it is
+    open, so that making them overlaps with the server storing the rows before (the shared
+    and default values are appended to each as one prepared tuple). While a ``COPY`` is open
+    the connection serves nothing else: drawing a chunk's rows must not use the database (a
+    statement sent then raises :class:`StatementDuringCopy` instead of waiting for the
+    ``COPY`` forever); what needs it belongs where the next chunk is made, between statements.
+
+    Elsewhere the rows are sent as ``VALUES`` lists, in statements bounded by bytes and by
+    bound parameters. JSON text is stored there as Django stores it, every non-ASCII character
+    escaped (a MySQL or MariaDB column in ``utf8mb3`` refuses four-byte characters).
     """
-    iterator = iter(objs)
-    first = next(iterator, None)
-    if first is None:
-        return 0
-    objs = itertools.chain([first], iterator)
     connection = connections[using]
-    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    # Only fields that compute their value at save time (auto_now, files) need pre_save.
-    computed = {f.attname for f in fields if _computes_on_save(f)}
+    shared = shared or {}
+    given = [_concrete_field(model, name) for name in columns]
+    named = {*columns, *shared}
+    others = [
+        f for f in model._meta.concrete_fields if not f.primary_key and f.attname not in named
+    ]
+    per_row = [
+        f.attname
+        for f in others
+        if (f.has_default() and callable(f.default)) or _computes_on_save(f)
+    ]
+    if per_row:
+        raise ValueError(f"insert_rows needs a value for {', '.join(per_row)} (set per row)")
+    fixed = [_concrete_field(model, name) for name in shared] + others
+    fixed_values = [*shared.values(), *(f.get_default() for f in others)]
+    fields = given + fixed
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
-    columns = ", ".join(quote(_col(f)) for f in fields)
-
-    def value(f: models.Field[Any, Any], obj: models.Model) -> Any:
-        return f.pre_save(obj, True) if f.attname in computed else getattr(obj, f.attname)
-
+    column_list = ", ".join(quote(_col(f)) for f in fields)
     inserted = 0
     with quiet_cursor(connection) as cursor:
         if connection.vendor == "postgresql":
-            plan = _copy_plan(fields, connection)
-            get = _values_getter(attrgetter, [f.attname for f in fields])
-            sql = f"COPY {table} ({columns}) FROM STDIN"
-            # Each chunk is drawn from ``objs`` before its COPY starts: while a COPY is open the
-            # connection serves nothing else, and making an object may query the database
-            # (a content type, say), which would then wait on the COPY forever.
-            while drawn := list(itertools.islice(objs, max_rows)):
-                if computed:
-                    encoded = (_copy_row([value(f, obj) for f in fields], plan) for obj in drawn)
-                else:
-                    encoded = (_copy_row(get(obj), plan) for obj in drawn)
-                inserted += copy_rows(connection, cursor, sql, encoded)
+            appended = tuple(_copy_row(fixed_values, _copy_plan(fixed, connection)))
+            sql = f"COPY {table} ({column_list}) FROM STDIN"
+            for chunk in chunks:
+                inserted += copy_rows(connection, cursor, sql, (row + appended for row in chunk))
             return inserted
+        appended = tuple(
+            f.get_db_prep_save(value, connection)
+            for f, value in zip(fixed, fixed_values, strict=True)
+        )
+        json_at = [i for i, f in enumerate(given) if isinstance(f, models.JSONField)]
+
+        def prepared(row: tuple[Any, ...]) -> tuple[Any, ...]:
+            values = list(row)
+            for i in json_at:
+                values[i] = _stored_json(values[i])
+            return (*values, *appended)
+
         placeholders = "(" + ", ".join("%s" for _ in fields) + ")"
-        prepared = ([f.get_db_prep_save(value(f, obj), connection) for f in fields] for obj in objs)
-        rows_per_statement = max(1, min(MAX_PARAMS // len(fields), max_rows))
-        for chunk in _chunks(
-            prepared, _params_bytes, statement_bytes(connection), rows_per_statement
-        ):
-            execute_quietly(
-                connection,
-                cursor,
-                f"INSERT INTO {table} ({columns}) VALUES {', '.join([placeholders] * len(chunk))}",
-                [param for row in chunk for param in row],
-            )
-            inserted += len(chunk)
+        for chunk in chunks:
+            for statement in _chunks(
+                map(prepared, chunk),
+                _params_bytes,
+                statement_bytes(connection),
+                max(1, MAX_PARAMS // len(fields)),
+            ):
+                values = ", ".join([placeholders] * len(statement))
+                execute_quietly(
+                    connection,
+                    cursor,
+                    f"INSERT INTO {table} ({column_list}) VALUES {values}",
+                    [param for row in statement for param in row],
+                )
+                inserted += len(statement)
     return inserted
+
+
+def _stored_json(text: str | None) -> str | None:
+    """:data:`encode_json`'s text as Django stores JSON outside PostgreSQL (``json.dumps``'s
+    defaults: every character past ``~`` escaped), without a second encoding when it is ASCII."""
+    if text is None or (text.isascii() and "\x7f" not in text):
+        return text
+    return json.dumps(json.loads(text))
 
 
 @contextlib.contextmanager
@@ -199,7 +237,11 @@ def copy_rows(
     def send(sql: str, params: Any, many: bool, context: dict[str, Any]) -> int:
         connection.validate_no_broken_transaction()
         sent = 0
-        with connection.wrap_database_errors, raw.copy(sql) as copy:
+        with (
+            connection.wrap_database_errors,
+            raw.copy(sql) as copy,
+            connection.execute_wrapper(_refuse_during_copy),
+        ):
             for row in rows:
                 copy.write_row(row)
                 sent += 1
@@ -213,6 +255,18 @@ def copy_rows(
         return int(run(sql, None, False, {"connection": connection, "cursor": cursor}))
     finally:
         _log_statement(connection, sql, started)
+
+
+class StatementDuringCopy(RuntimeError):
+    """A statement was sent on a connection while a ``COPY`` was open on it (by code that made
+    the ``COPY``'s rows): psycopg would wait for the ``COPY`` to end, which never comes."""
+
+
+def _refuse_during_copy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    raise StatementDuringCopy(
+        f"{sql[:60]!r} was sent while a COPY was open on the same connection; rows drawn for a "
+        "COPY must not use the database (do it before the chunk is made)."
+    )
 
 
 def _computes_on_save(field: models.Field[Any, Any]) -> bool:

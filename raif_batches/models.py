@@ -549,6 +549,10 @@ class ModelCompletion(models.Model):
     """One request line of a batch and, once known, its result."""
 
     Status = CompletionStatus
+    #: The chat-completion parameters kept in columns of their own; the others in extra_body.
+    PARAMETER_FIELDS = ("temperature", "max_tokens", "response_format", "tools", "tool_choice")
+    #: The fields the request body is rebuilt from (:meth:`request_body`).
+    REQUEST_FIELDS = ("messages", *PARAMETER_FIELDS, "extra_body")
 
     batch = models.ForeignKey(
         ModelCompletionBatch, on_delete=models.CASCADE, related_name="completions"
@@ -630,7 +634,7 @@ class ModelCompletion(models.Model):
     def request_body(self, model: str) -> dict[str, Any]:
         """The chat-completions body this line sends, rebuilt from the stored fields."""
         body: dict[str, Any] = {"model": model, "messages": self.messages}
-        for key in ("temperature", "max_tokens", "response_format", "tools", "tool_choice"):
+        for key in self.PARAMETER_FIELDS:
             value = getattr(self, key)
             if value is not None:
                 body[key] = value

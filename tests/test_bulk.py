@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from raif_batches.bulk import insert_instances, update_from_values
+from raif_batches.bulk import StatementDuringCopy, encode_json, insert_rows, update_from_values
 from raif_batches.models import CompletionStatus, ModelCompletion
 
 from .helpers import make_batch, user
@@ -132,22 +132,31 @@ def test_a_row_bigger_than_the_bound_goes_alone(settings: Any) -> None:
     assert set(ModelCompletion.objects.values_list("raw_response", flat=True)) == {"x" * 5_000}
 
 
+INSERTED = ("batch_custom_id", "messages", "temperature", "extra_body")
+
+
+def inserted_row(custom_id: str, content: str, **extra: Any) -> tuple[Any, ...]:
+    return (custom_id, encode_json(user(content)), 0.25, encode_json(extra))
+
+
 def test_inserts_are_split_by_bytes_and_keep_every_value(settings: Any) -> None:
     batch = make_batch(1)
     settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_STATEMENT_BYTES": 50_000}
     content = "q" * 20_000  # about 20 KB a row: two fit a statement, three do not
-    objs = [
-        ModelCompletion(
-            batch=batch,
-            batch_custom_id=f"big-{i}",
-            messages=user(content + str(i)),
-            temperature=0.25,
-            extra_body={"seed": i, "nested": {"none": None}},
-        )
-        for i in range(6)
+    rows = [
+        inserted_row(f"big-{i}", content + str(i), seed=i, nested={"none": None}) for i in range(6)
     ]
+    now = timezone.now()
     with CaptureQueriesContext(connection) as context:
-        assert insert_instances(ModelCompletion, objs) == 6
+        assert (
+            insert_rows(
+                ModelCompletion,
+                INSERTED,
+                [rows],
+                shared={"batch_id": batch.pk, "created_at": now},
+            )
+            == 6
+        )
     if POSTGRESQL:
         assert (statements(context, "COPY"), statements(context, "INSERT")) == (1, 0)
     else:
@@ -158,7 +167,56 @@ def test_inserts_are_split_by_bytes_and_keep_every_value(settings: Any) -> None:
         assert stored.temperature == 0.25
         assert stored.extra_body == {"seed": i, "nested": {"none": None}}
         assert stored.status == CompletionStatus.PENDING
-        assert stored.created_at is not None
+        assert (stored.created_at, stored.tools, stored.raw_response) == (now, None, "")
+
+
+def test_inserted_json_text_is_stored_as_django_stores_it() -> None:
+    """PostgreSQL parses the text into jsonb; SQLite and MariaDB keep Django's own text, every
+    non-ASCII character escaped, whatever text the caller encoded."""
+    batch = make_batch(1)
+    texts = ["plain", "été 🙂", "del \x7f", 'quote " and \\ and \n']
+    rows = [inserted_row(f"j-{i}", text, emoji="🙂") for i, text in enumerate(texts)]
+    shared = {"batch_id": batch.pk, "created_at": timezone.now()}
+    assert insert_rows(ModelCompletion, INSERTED, [rows[:2], rows[2:]], shared=shared) == 4
+    for i, text in enumerate(texts):
+        stored = ModelCompletion.objects.get(batch=batch, batch_custom_id=f"j-{i}")
+        assert (stored.messages, stored.extra_body) == (user(text), {"emoji": "🙂"})
+    if connection.vendor == "sqlite" or getattr(connection, "mysql_is_mariadb", False):
+        # (MySQL 8 answers with its own rendering of a binary JSON column.)
+        table = ModelCompletion._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT messages FROM {table} WHERE batch_id = %s AND batch_custom_id LIKE %s "
+                "ORDER BY batch_custom_id",
+                [batch.pk, "j-%"],
+            )
+            assert [row[0] for row in cursor.fetchall()] == [
+                ModelCompletion._meta.get_field("messages").get_db_prep_save(user(text), connection)
+                for text in texts
+            ]
+
+
+def test_insert_rows_refuses_to_leave_a_default_made_per_row_to_chance() -> None:
+    batch = make_batch(1)
+    with pytest.raises(ValueError, match="created_at"):
+        insert_rows(ModelCompletion, INSERTED, [[]], shared={"batch_id": batch.pk})
+
+
+@pytest.mark.skipif(not POSTGRESQL, reason="only a COPY holds the connection")
+def test_a_statement_sent_while_rows_are_copied_fails_instead_of_waiting_forever() -> None:
+    from django.db import transaction
+
+    batch = make_batch(1)
+
+    def rows() -> Any:
+        yield inserted_row("ok", "fine")
+        ModelCompletion.objects.count()  # the connection is busy with the COPY
+        yield inserted_row("late", "never")
+
+    shared = {"batch_id": batch.pk, "created_at": timezone.now()}
+    with pytest.raises(StatementDuringCopy), transaction.atomic():
+        insert_rows(ModelCompletion, INSERTED, [rows()], shared=shared)
+    assert list(batch.completions.values_list("batch_custom_id", flat=True)) == ["req-000"]
 
 
 def test_custom_ids_that_differ_only_by_case_are_distinct() -> None:
@@ -200,12 +258,11 @@ def test_bulk_statements_are_counted_but_their_values_stay_out_of_the_query_log(
             where="t.status = %s",
             where_params=[CompletionStatus.PENDING],
         )
-        inserted = insert_instances(
+        inserted = insert_rows(
             ModelCompletion,
-            [
-                ModelCompletion(batch=batch, batch_custom_id=f"new-{i}", messages=user(answer))
-                for i in range(3)
-            ],
+            INSERTED,
+            [[inserted_row(f"new-{i}", answer) for i in range(3)]],
+            shared={"batch_id": batch.pk, "created_at": timezone.now()},
         )
     assert (changed, inserted) == (4, 3)
     logged = [query["sql"] for query in context.captured_queries]

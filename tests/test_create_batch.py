@@ -132,3 +132,49 @@ def test_handler_must_be_importable() -> None:
     with pytest.raises(ValueError, match="cannot be imported"):
         create_batch(requests=[request()], handler="nowhere.to.be.found")
     assert ModelCompletionBatch.objects.count() == 0
+
+
+LINE_CASES = {
+    "plain": request("p-1"),
+    "every column": request(
+        "c-1",
+        temperature=0.5,  # (an int is measured as given, 1, and rebuilt as stored, 1.0)
+        max_tokens=64,
+        response_format={"type": "json_schema", "json_schema": {"name": "é", "n": [1, 2.5]}},
+        tools=[{"type": "function", "function": {"name": "look_up"}}],
+        tool_choice="auto",
+        top_p=0.125,
+        seed=7,
+    ),
+    "non-ascii and escapes": {
+        "custom_id": "u-1",
+        "messages": [
+            {"role": "system", "content": 'Réponds "vite" \\ \n\t\x7f\u2028 🙂'},
+            {"role": "user", "content": [{"type": "text", "text": "日本語"}]},
+        ],
+        "user": "ünïcode",
+        "metadata": {"tags": ["🙂", None, True]},
+    },
+}
+
+
+@pytest.mark.parametrize("case", LINE_CASES)
+def test_a_line_is_measured_as_its_rebuilt_body_encodes(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line is measured from the column texts without encoding the body again: the sum
+    must be the bytes of the body that submission rebuilds, to the byte, at the limit."""
+    import json
+
+    from raif_batches.api import LINE_OVERHEAD
+    from raif_batches.providers.xai import XAIStrategy
+
+    created = create_batch(requests=[LINE_CASES[case]], name="probe")
+    stored = created.completions.get()
+    body = json.dumps(stored.request_body(created.model), ensure_ascii=False).encode()
+    line = len(body) + LINE_OVERHEAD + len(stored.batch_custom_id)
+    monkeypatch.setattr(XAIStrategy, "max_line_bytes", line)
+    assert create_batch(requests=[LINE_CASES[case]]).completions.count() == 1
+    monkeypatch.setattr(XAIStrategy, "max_line_bytes", line - 1)
+    with pytest.raises(ValueError, match=f"the request line is {line} bytes"):
+        create_batch(requests=[LINE_CASES[case]])

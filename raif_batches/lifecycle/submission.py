@@ -605,16 +605,7 @@ def iter_lines(strategy: BatchStrategy, batch: ModelCompletionBatch) -> Iterator
     completions = (
         ModelCompletion.objects.filter(batch_id=batch.pk)
         .order_by("pk")
-        .only(
-            "batch_custom_id",
-            "messages",
-            "temperature",
-            "max_tokens",
-            "response_format",
-            "tools",
-            "tool_choice",
-            "extra_body",
-        )
+        .only("batch_custom_id", *ModelCompletion.REQUEST_FIELDS)
     )
     for completion in completions.iterator(chunk_size=2000):
         yield strategy.build_line(batch, completion)

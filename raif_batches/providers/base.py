@@ -206,7 +206,11 @@ class BatchStrategy:
     @classmethod
     def check_request(cls, request: Mapping[str, Any]) -> str | None:
         """What this provider would refuse in one chat-style request (its ``create_batch``
-        check beyond the common one), as a sentence naming the field; None when acceptable."""
+        check beyond the common one), as a sentence naming the field; None when acceptable.
+
+        A check of the request alone: on PostgreSQL it runs while the batch's rows stream into
+        a ``COPY``, when the connection serves nothing else (a query would raise
+        :class:`~raif_batches.bulk.StatementDuringCopy`)."""
         return None
 
     def build_line(self, batch: ModelCompletionBatch, completion: ModelCompletion) -> bytes:
