@@ -3,7 +3,7 @@
 Every operation starts its own emulator process (``benchmarks.emulator_process``, the fast
 profile plus ``--latency``), seeded with the provider batches it needs, and builds the local
 rows that point at them; then it times ``polling.poll()`` and the floor, in the same process,
-each the median of ``REPEATS`` runs (an emulator of ending batches serves one run, so each run
+each the median of ``--repeats`` runs (an emulator of ending batches serves one run, so each run
 of those rows gets a fresh one).
 
 Two kinds of rows, for xAI, OpenAI and Anthropic:
@@ -35,7 +35,7 @@ from datetime import timedelta
 from typing import Any
 
 from . import floors
-from .operations import REPEATS, Measure, measure, row, vacuum, verdict
+from .operations import Measure, measure, row, vacuum, verdict
 
 PROVIDERS = ("xai", "openai", "anthropic")
 API_KEY = "bench-key"
@@ -275,7 +275,7 @@ def _poll_in_flight(provider: str, args: argparse.Namespace) -> list[dict[str, A
         ids = local_batches(provider, emulator["batch_ids"])
         by_provider_id = dict(zip(emulator["batch_ids"], ids, strict=True))
         ours: list[tuple[Measure, float]] = []
-        for _ in range(REPEATS):
+        for _ in range(args.repeats):
             make_due(ids)
             with measure() as m, timed_statements() as sql:
                 report = poll()
@@ -283,7 +283,7 @@ def _poll_in_flight(provider: str, args: argparse.Namespace) -> list[dict[str, A
             ours.append((m, sql.seconds))
         floor_runs: list[tuple[Measure, float]] = []
         wire = Wire(provider, emulator["base_url"], _threads())
-        for _ in range(REPEATS):
+        for _ in range(args.repeats):
             make_due(ids)
             with ThreadPoolExecutor(max_workers=_threads()) as pool, measure() as m:
                 snapshots = wire.statuses(pool, emulator["batch_ids"])
@@ -315,6 +315,7 @@ def _poll_in_flight(provider: str, args: argparse.Namespace) -> list[dict[str, A
         (floor, floor_db),
         n,
         verdict(m.wall < target, f"< {target:g} s") + "; " + _db_note(ours_db, floor_db, n),
+        args.repeats,
         baselines=("poll_sequential",) if provider == "xai" else (),
     )
 
@@ -328,7 +329,7 @@ def _poll_ending(provider: str, args: argparse.Namespace) -> list[dict[str, Any]
     n = args.batches
     ending = ("--ending", str(n), "--lines", str(LINES))
     ours: list[tuple[Measure, float]] = []
-    for _ in range(REPEATS):
+    for _ in range(args.repeats):
         with provider_emulator(provider, *ending) as emulator:
             use(provider, emulator["base_url"])
             ids = local_batches(provider, emulator["batch_ids"], lines=LINES)
@@ -341,7 +342,7 @@ def _poll_ending(provider: str, args: argparse.Namespace) -> list[dict[str, Any]
             assert done.count() == n * LINES
             ours.append((m, sql.seconds))
     floor_runs: list[tuple[Measure, float]] = []
-    for _ in range(REPEATS):
+    for _ in range(args.repeats):
         with provider_emulator(provider, *ending) as emulator:
             use(provider, emulator["base_url"])
             ids = local_batches(provider, emulator["batch_ids"], lines=LINES)
@@ -376,6 +377,7 @@ def _poll_ending(provider: str, args: argparse.Namespace) -> list[dict[str, Any]
         verdict(m.wall < END_TARGET, f"< {END_TARGET:g} s")
         + f"; db {ours_db * 1000 / n:.2f} ms/batch = {ours_db / max(floor_db, 1e-6):.1f}x the "
         "floor's writes",
+        args.repeats,
     )
 
 
@@ -387,13 +389,14 @@ def _pair(
     floor: tuple[Measure, float],
     n: int,
     target: str,
+    repeats: int,
     baselines: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Our row and its floor's, each with its time in SQL (``db``)."""
     return [
         row(
             key,
-            f"{label} (median of {REPEATS}; db {ours[1] * 1000:.0f} ms)",
+            f"{label} (median of {repeats}; db {ours[1] * 1000:.0f} ms)",
             ours[0],
             n=n,
             item="batches",
@@ -405,7 +408,7 @@ def _pair(
         ),
         row(
             f"{key}_floor",
-            f"{floor_label} (median of {REPEATS}; db {floor[1] * 1000:.0f} ms)",
+            f"{floor_label} (median of {repeats}; db {floor[1] * 1000:.0f} ms)",
             floor[0],
             n=n,
             item="batches",

@@ -110,6 +110,10 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], str
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a client opening 64 connections at once (a
+    # poll's readers) had the rest of its SYNs dropped and retried a second later, which no
+    # provider does to it.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], emulator: EmulatorServer) -> None:
         self.emulator = emulator
