@@ -81,26 +81,26 @@ class ProviderModel:
         if remote is None:
             return None
         state.get_batch(provider_batch_id)
-        found = {}
-        for custom_id, line in remote.by_id.items():
-            if line.state != "succeeded":
-                found[custom_id] = RemoteLine(line.state)
-                continue
-            body = state._body(remote, line)
-            outcome = state._complete(
-                remote, custom_id, body, line.finish_time or state.now(), line.cache_hit
-            )
-            completion = outcome.completion
-            assert completion is not None
-            usage = completion["usage"]
-            found[custom_id] = RemoteLine(
-                "succeeded",
-                text=completion["choices"][0]["message"]["content"],
-                prompt_tokens=usage["prompt_tokens"],
-                completion_tokens=usage["completion_tokens"],
-                cost=Decimal(usage["cost_in_usd_ticks"]) * TICK,
-            )
-        return found
+        return {line.custom_id: self.line(state, remote, line) for line in remote.lines}
+
+    def line(self, state: Any, remote: Any, line: Any) -> RemoteLine:
+        """One line of the emulator's record, in the invariants' shape."""
+        if line.state != "succeeded":
+            return RemoteLine(line.state)
+        body = state._body(remote, line)
+        outcome = state._complete(
+            remote, line.custom_id, body, line.finish_time or state.now(), line.cache_hit
+        )
+        completion = outcome.completion
+        assert completion is not None
+        usage = completion["usage"]
+        return RemoteLine(
+            "succeeded",
+            text=completion["choices"][0]["message"]["content"],
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+            cost=Decimal(usage["cost_in_usd_ticks"]) * TICK,
+        )
 
 
 class OpenAIModel(ProviderModel):
@@ -113,26 +113,17 @@ class OpenAIModel(ProviderModel):
             for b in list(emulator.state.batches.values())
         ]
 
-    def lines(self, emulator: Any, provider_batch_id: str) -> dict[str, RemoteLine] | None:
-        state = emulator.state
-        remote = state.batches.get(provider_batch_id)
-        if remote is None:
-            return None
-        state.get_batch(provider_batch_id)
-        found = {}
-        for line in remote.lines:
-            if line.state != "succeeded" or line.completion is None:
-                found[line.custom_id] = RemoteLine(line.state, served=line.in_files)
-                continue
-            usage = line.completion["usage"]
-            found[line.custom_id] = RemoteLine(
-                "succeeded",
-                served=line.in_files,
-                text=line.completion["choices"][0]["message"]["content"],
-                prompt_tokens=usage["prompt_tokens"],
-                completion_tokens=usage["completion_tokens"],
-            )
-        return found
+    def line(self, state: Any, remote: Any, line: Any) -> RemoteLine:
+        if line.state != "succeeded" or line.completion is None:
+            return RemoteLine(line.state, served=line.in_files)
+        usage = line.completion["usage"]
+        return RemoteLine(
+            "succeeded",
+            served=line.in_files,
+            text=line.completion["choices"][0]["message"]["content"],
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+        )
 
 
 class AnthropicModel(ProviderModel):
@@ -147,29 +138,20 @@ class AnthropicModel(ProviderModel):
             found.append(Remote(b.id, name, b.cancel_initiated_at is not None))
         return found
 
-    def lines(self, emulator: Any, provider_batch_id: str) -> dict[str, RemoteLine] | None:
-        state = emulator.state
-        remote = state.batches.get(provider_batch_id)
-        if remote is None:
-            return None
-        state.get_batch(provider_batch_id)
-        found = {}
-        for line in remote.lines:
-            result = line.result or {}
-            if line.state != "succeeded" or result.get("type") != "succeeded":
-                found[line.custom_id] = RemoteLine(line.state)
-                continue
-            message = result["message"]
-            usage = message["usage"]
-            found[line.custom_id] = RemoteLine(
-                "succeeded",
-                text="".join(b["text"] for b in message["content"] if b.get("type") == "text"),
-                prompt_tokens=usage["input_tokens"]
-                + usage["cache_creation_input_tokens"]
-                + usage["cache_read_input_tokens"],
-                completion_tokens=usage["output_tokens"],
-            )
-        return found
+    def line(self, state: Any, remote: Any, line: Any) -> RemoteLine:
+        result = line.result or {}
+        if line.state != "succeeded" or result.get("type") != "succeeded":
+            return RemoteLine(line.state)
+        message = result["message"]
+        usage = message["usage"]
+        return RemoteLine(
+            "succeeded",
+            text="".join(b["text"] for b in message["content"] if b.get("type") == "text"),
+            prompt_tokens=usage["input_tokens"]
+            + usage["cache_creation_input_tokens"]
+            + usage["cache_read_input_tokens"],
+            completion_tokens=usage["output_tokens"],
+        )
 
 
 OPENAI_SWITCHES = [
