@@ -87,10 +87,10 @@ def _run(machine: type[BatchHistory], emulator: Any, settings_fixture: Any, exam
             print(line)
 
 
-#: Histories per run (CI-sized; ``RAIF_RANDOMIZED_EXAMPLES`` overrides them all): xAI, whose
-#: emulator plays the most quirks, gets the most.
-IN_PROCESS = {"xai": 30, "openai": 8, "anthropic": 8}
-WITH_PROCESSES = {"xai": 8, "openai": 3, "anthropic": 3}
+#: Histories per run (CI-sized, about a second each in process; ``RAIF_RANDOMIZED_EXAMPLES``
+#: overrides them all): xAI, whose emulator plays the most quirks, gets the most.
+IN_PROCESS = {"xai": 30, "openai": 20, "anthropic": 20}
+WITH_PROCESSES = {"xai": 8, "openai": 6, "anthropic": 6}
 
 
 def test_histories_in_process(any_realistic_emulator: Any, settings: Any) -> None:
