@@ -366,3 +366,57 @@ def test_every_admin_page_reads_the_app_tables_through_indexes(admin_client: Any
                 cursor.execute("SET LOCAL enable_seqscan = on")
             plan = (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
             assert not wasteful_scans(plan), (label, sql, wasteful_scans(plan))
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_on_postgresql_is_one_statement_that_skips_rows_held_elsewhere(
+    settings: Any,
+) -> None:
+    """``UPDATE … RETURNING`` over the rows its subquery locks: the most overdue first, a row
+    another transaction holds skipped, the lease counted on the database's clock."""
+    import threading
+    from datetime import timedelta
+
+    from django.db import connections, transaction
+    from django.utils import timezone
+
+    from raif_batches.clock import db_now
+
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "LEASE_SECONDS": 300}
+    batches = [make_batch(1) for _ in range(4)]
+    now = timezone.now()
+    for offset, batch in zip((3, 1, 4, 2), batches, strict=True):
+        batch.next_poll_at = now - timedelta(minutes=offset)
+        batch.save(update_fields=["next_poll_at"])
+    held, locked, release = batches[2], threading.Event(), threading.Event()  # most overdue
+
+    def hold() -> None:
+        try:
+            with transaction.atomic():
+                ModelCompletionBatch.objects.select_for_update().get(pk=held.pk)
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        before = db_now()
+        queries, claimed = count_queries(
+            lambda: ModelCompletionBatch.objects.all().claim("w:1", limit=2)
+        )
+    finally:
+        release.set()
+        holder.join()
+    assert queries == 1
+    # The next most overdue after the held one: batches[0] (3 min), then batches[3] (2 min).
+    assert [b.pk for b in claimed] == sorted([batches[0].pk, batches[3].pk])
+    for batch in ModelCompletionBatch.objects.filter(pk__in=[b.pk for b in claimed]):
+        assert batch.claimed_by == "w:1"
+        assert batch.claimed_until is not None
+        assert before + timedelta(seconds=299) < batch.claimed_until < db_now() + timedelta(300)
+    assert ModelCompletionBatch.objects.get(pk=held.pk).claimed_by == ""
+    assert [b.claimed_by for b in claimed] == ["w:1", "w:1"]
