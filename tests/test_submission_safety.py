@@ -276,10 +276,13 @@ def test_killed_process_resumed_by_another(emulator: Any, step: str) -> None:
     time.sleep(3.1)
     results = run_together(env, ("poll_batches", "--force"), ("submit_batches",))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
-    for _ in range(5):
+    # As cron would: both commands again until every batch is harvested. Under load a call
+    # can outlast the 1 s timeout; a failed upload puts its batch back to pending, which only
+    # submit_batches picks up.
+    for _ in range(8):
         if not ModelCompletionBatch.objects.filter(results_fetched_at__isnull=True).exists():
             break
-        run_together(env, ("poll_batches", "--force"))
+        run_together(env, ("poll_batches", "--force"), ("submit_batches",))
     assert emulator.state.count_calls("create_batch") == 3
     for batch in batches:
         assert_one_provider_batch_and_every_result_once(emulator, batch, 2)
