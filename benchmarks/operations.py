@@ -216,9 +216,11 @@ def vacuum(*models: Any) -> None:
 
 
 def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[str, Any]]:
-    """create_batch and its floor, run by turns: on a machine whose load drifts (other
-    processes share its cores), the runs of both sides see the same drift, so their medians
-    compare."""
+    """create_batch and its floor, run by turns, for requests given two ways: drawn from a
+    generator (made as they are read) and as a list built beforehand, outside both timings.
+
+    By turns: on a machine whose load drifts (other processes share its cores), the runs of
+    both sides see the same drift, so their medians compare."""
     from django.db import connection, transaction
 
     from raif_batches import create_batch
@@ -228,55 +230,75 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
     from . import floors
 
     with_floor = connection.vendor == "postgresql"
-    ours, floor_runs = [], []
+    shapes = {
+        "generator": lambda prefix: review_requests(args.rows, prefix),
+        "list": lambda prefix: list(review_requests(args.rows, prefix)),
+    }
+    ours: dict[str, list[Measure]] = {shape: [] for shape in shapes}
+    floor_runs: dict[str, list[Measure]] = {shape: [] for shape in shapes}
     for attempt in range(args.repeats):
-        with measure() as m:
-            batch = create_batch(
-                model="grok-4.3",
-                requests=review_requests(args.rows, "r"),
-                name=BIG_BATCH if attempt == 0 else "bench-create-again",
-            )
-        assert batch.completions.count() == args.rows
-        ours.append(m)
-        if attempt:
+        for shape, make in shapes.items():
+            requests = make("r")
+            with measure() as m:
+                batch = create_batch(
+                    model="grok-4.3",
+                    requests=requests,
+                    name=BIG_BATCH if attempt == 0 and shape == "generator" else "bench-again",
+                )
+            assert batch.completions.count() == args.rows
+            ours[shape].append(m)
+            if attempt or shape != "generator":
+                delete_batch(batch)
+            if not with_floor:
+                continue
+            requests = make("f")
+            with measure() as m, transaction.atomic():
+                batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-floor")
+                assert floors.copy_requests(batch.pk, requests) == args.rows
+            floor_runs[shape].append(m)
             delete_batch(batch)
-        if not with_floor:
-            continue
-        with measure() as m, transaction.atomic():
-            batch = ModelCompletionBatch.objects.create(model="grok-4.3", name="bench-floor")
-            assert floors.copy_requests(batch.pk, review_requests(args.rows, "f")) == args.rows
-        floor_runs.append(m)
-        delete_batch(batch)
-    m = median_of(ours)
-    chunks = math.ceil(args.rows / INSERT_CHUNK)
-    measured = [
-        row(
-            "create",
-            f"create_batch: validated, one COPY (INSERT elsewhere) per {INSERT_CHUNK:,} requests"
-            f" (median of {args.repeats}, by turns with the floor)",
-            m,
-            n=args.rows,
-            item="requests",
-            units=chunks,
-            unit="chunk",
-            baselines=("create_per_row",),
-            target=verdict(m.wall < 10, "a few seconds (< 10 s)"),
-            floor="create_floor",
-            floor_max=1.5,
-        )
-    ]
-    if with_floor:
+            del requests
+    measured = []
+    for shape in shapes:
+        key = "create" if shape == "generator" else "create_list"
+        m = median_of(ours[shape])
+        if shape == "generator":
+            how = (
+                f"drawn from a generator, {INSERT_CHUNK:,} at a time, one COPY (INSERT "
+                "elsewhere) per chunk"
+            )
+            units, unit = math.ceil(args.rows / INSERT_CHUNK), "chunk"
+        else:
+            how = "given as a list, one COPY (INSERT elsewhere)"
+            units, unit = 0, ""
         measured.append(
             row(
-                "create_floor",
-                "floor: one psycopg COPY of the same rows, no validation "
-                f"(median of {args.repeats})",
-                median_of(floor_runs),
+                key,
+                f"create_batch: validated, requests {how} (median of {args.repeats}, by "
+                "turns with the floor)",
+                m,
                 n=args.rows,
                 item="requests",
-                label="COPY",
+                units=units,
+                unit=unit,
+                baselines=("create_per_row",),
+                target=verdict(m.wall < 10, "a few seconds (< 10 s)"),
+                floor=f"{key}_floor",
+                floor_max=1.5,
             )
         )
+        if with_floor:
+            measured.append(
+                row(
+                    f"{key}_floor",
+                    f"floor: one psycopg COPY of the same rows from the same {shape}, no "
+                    f"validation (median of {args.repeats})",
+                    median_of(floor_runs[shape]),
+                    n=args.rows,
+                    item="requests",
+                    label="COPY",
+                )
+            )
     return measured
 
 

@@ -9,7 +9,7 @@ import itertools
 import json
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from django.contrib.contenttypes.models import ContentType
@@ -305,18 +305,31 @@ class _RequestRows:
         else: what needs the database is done before the chunk is handed out. Its requests are
         drawn then (``requests`` may read them from the database, as :func:`retry_failed`
         does), and the content types of their sources read.
+
+        Requests given as a list or a tuple are in memory already: drawing them uses no
+        database, so they go as one chunk, made while the server stores the rows before (their
+        sources' content types are read first).
         """
+        if isinstance(requests, list | tuple):
+            self._read_content_types(requests)
+            yield self.rows(requests, 0)
+            return
         iterator = iter(requests)
         start = 0
         while drawn := list(itertools.islice(iterator, size)):
-            for request in drawn:
-                source = request.get("source") if isinstance(request, Mapping) else None
-                if isinstance(source, models.Model) and source.pk is not None:
-                    ContentType.objects.get_for_model(source)  # cached for row()
+            self._read_content_types(drawn)
             yield self.rows(drawn, start)
             start += len(drawn)
 
-    def rows(self, requests: list[Mapping[str, Any]], start: int) -> Iterator[tuple[Any, ...]]:
+    @staticmethod
+    def _read_content_types(requests: Sequence[Mapping[str, Any]]) -> None:
+        """Read the content types of the sources into Django's cache, for :meth:`row`."""
+        for request in requests:
+            source = request.get("source") if isinstance(request, Mapping) else None
+            if isinstance(source, models.Model) and source.pk is not None:
+                ContentType.objects.get_for_model(source)
+
+    def rows(self, requests: Sequence[Mapping[str, Any]], start: int) -> Iterator[tuple[Any, ...]]:
         """The row of each request (numbered from ``start``); raises on the first invalid
         request or exceeded limit."""
         for index, request in enumerate(requests, start):

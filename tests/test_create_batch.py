@@ -51,6 +51,21 @@ def test_creates_pending_batch_with_one_completion_per_request() -> None:
     assert batch.provider_batch_name.startswith("raif_batch_")
 
 
+@pytest.mark.parametrize("given_as", [list, tuple, iter])
+def test_sources_whose_content_type_is_not_cached_yet(given_as: Any) -> None:
+    """Rows are made while a COPY is open on PostgreSQL, when no statement can be sent:
+    the content types of the requests' sources are read before, however they are given."""
+    from django.contrib.contenttypes.models import ContentType
+
+    tickets = [Ticket.objects.create(subject=f"s{i}", body="b") for i in range(3)]
+    ContentType.objects.clear_cache()
+    batch = create_batch(
+        requests=given_as([request(f"t-{t.pk}", source=t) for t in tickets]),
+    )
+    stored = {c.batch_custom_id: c.source for c in batch.completions.all()}
+    assert stored == {f"t-{t.pk}": t for t in tickets}
+
+
 BAD_REQUESTS = [
     ([{"messages": [{"role": "user", "content": "x"}]}], "request #3: custom_id is required"),
     ([request("a b")], "custom_id must be 1-64 characters"),

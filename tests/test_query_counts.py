@@ -179,17 +179,22 @@ def test_a_poll_in_which_batches_end_costs_the_same_statements_whatever_their_nu
 def test_create_batch_queries_grow_with_insert_chunks_not_rows(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Requests from a generator are drawn a chunk at a time, one INSERT (a COPY on
+    PostgreSQL) each; requests given as a list need no drawing: one statement for all of
+    them, whatever their number (within the statement bounds elsewhere)."""
     monkeypatch.setattr(api, "INSERT_CHUNK", 10)
 
-    def created(rows: int) -> int:
-        requests = [{"custom_id": f"q-{i}", "messages": user(f"Q{i}")} for i in range(rows)]
+    def created(rows: int, *, as_list: bool) -> int:
+        made = ({"custom_id": f"q-{i}", "messages": user(f"Q{i}")} for i in range(rows))
+        requests = list(made) if as_list else made
         queries, batch = count_queries(lambda: api.create_batch(requests=requests))
         assert batch.completions.count() == rows
         return queries
 
-    one_row, one_chunk, three_chunks = created(1), created(10), created(25)
+    one_row, one_chunk, three_chunks = (created(n, as_list=False) for n in (1, 10, 25))
     assert one_row == one_chunk
-    assert three_chunks == one_chunk + 2  # one INSERT (a COPY on PostgreSQL) per chunk
+    assert three_chunks == one_chunk + 2
+    assert created(1, as_list=True) == created(25, as_list=True) == one_row
 
 
 # --- admin pages --------------------------------------------------------------------------------
