@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..base import EmulatorStateBase
 from ..completions import (
     chat_messages,
     complete,
     system_prompt,
 )
-from ..faults import Fault, FaultBook
 from ..server import RawAnswer
-from ..state import Call
 from ..state import _line_spans as line_spans
 from .config import (
     BATCH_ENDPOINTS,
@@ -40,69 +36,23 @@ from .wire import (
 )
 
 
-class OpenAIEmulatorState:
-    """The emulated provider: files, batches, calls, faults and a clock."""
+class OpenAIEmulatorState(EmulatorStateBase[OpenAIEmulatorConfig]):
+    """The emulated provider: files and batches, over the shared clock, calls and faults."""
+
+    config_class = OpenAIEmulatorConfig
 
     def __init__(
         self, config: OpenAIEmulatorConfig | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.config = config if config is not None else OpenAIEmulatorConfig()
-        self._initial_config = copy.deepcopy(self.config)
-        self._clock = clock
-        self._lock = threading.RLock()
-        self.offset = 0.0
+        super().__init__(config, clock)
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
-        self.calls: list[Call] = []
-        self._faults = FaultBook(self.config.seed)
         self._seq = 0
 
-    # -- clock, calls, faults ------------------------------------------------------------------
-    def now(self) -> float:
-        return self._clock() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.offset += seconds
-
-    def reset(self) -> None:
-        """Forget everything and restore the initial config, in place."""
-        with self._lock:
-            for f in dataclasses.fields(OpenAIEmulatorConfig):
-                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
-            self.offset = 0.0
-            self.files.clear()
-            self.batches.clear()
-            self.calls.clear()
-            self._faults.reset(self.config.seed)
-            self._seq = 0
-
-    def record(self, call: Call) -> None:
-        with self._lock:
-            self.calls.append(call)
-
-    def count_calls(self, endpoint: str) -> int:
-        with self._lock:
-            return sum(1 for c in self.calls if c.endpoint == endpoint)
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self._faults.faults
-
-    def add_fault(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.faults.append(fault)
-            return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.faults.clear()
-
-    def pick_fault(self, endpoint: str) -> Fault | None:
-        with self._lock:
-            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
-                endpoint
-            )
+    def _forget(self) -> None:
+        self.files.clear()
+        self.batches.clear()
+        self._seq = 0
 
     def _next_seq(self) -> int:
         self._seq += 1
