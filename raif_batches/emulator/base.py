@@ -9,6 +9,10 @@ lives here once, in :class:`EmulatorStateBase`, so a fix to it reaches every pro
 What a provider adds is explicit: its config class (:attr:`EmulatorStateBase.config_class`), its
 own stores (set in its ``__init__``, emptied by :meth:`EmulatorStateBase._forget`), and, where it
 answers a transient failure differently, :meth:`EmulatorStateBase._transient_fault`.
+
+The progress rule is shared too (:meth:`EmulatorStateBase._progress`, described in :mod:`.state`):
+how many pending lines a look at a batch finishes. How one line finishes is each provider's own
+(:meth:`EmulatorStateBase._finish`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class Call:
 
 class StateConfig(Protocol):
     """What the shared plumbing reads of a provider's config: a dataclass (so :meth:`reset` can
-    restore it field by field) with the fault knobs."""
+    restore it field by field) with the fault and pacing knobs, named alike by every provider."""
 
     __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
 
@@ -48,6 +52,24 @@ class StateConfig(Protocol):
 
     @property
     def transient_failure_rate(self) -> float: ...
+
+    @property
+    def requests_per_read(self) -> int | None: ...
+
+    @property
+    def share_per_read(self) -> float: ...
+
+    @property
+    def seconds_per_request(self) -> float: ...
+
+
+class PacedBatch(Protocol):
+    """What :meth:`EmulatorStateBase._progress` reads and moves on of a provider's batch."""
+
+    lines: list[Any]
+    next_pending: int  # lines before this index are finished (they finish in order)
+    credit: float  # a fraction of a line earned but not spent yet
+    last_progress: float  # the emulator time of the last look
 
 
 ConfigT = TypeVar("ConfigT", bound=StateConfig)
@@ -129,3 +151,38 @@ class EmulatorStateBase(Generic[ConfigT]):
         """A transient failure at ``transient_failure_rate``, if this call draws one. A provider
         whose server writes its own error bodies overrides it to reshape the fault."""
         return self._faults.transient(self.config.transient_failure_rate)
+
+    # -- progress ------------------------------------------------------------------------------
+    def _progress(self, batch: PacedBatch, now: float, read: bool) -> None:
+        """Finish the pending lines this look at ``batch`` (a read or not) earns at ``now``.
+
+        The pacing knobs' budgets add up (see :mod:`.state`); a fraction left over is kept as
+        the batch's credit for the next look; with every knob off, all pending lines finish at
+        once. Lines finish in order, each by :meth:`_finish`.
+        """
+        cfg = self.config
+        pending = len(batch.lines) - batch.next_pending
+        if (
+            cfg.requests_per_read is None
+            and cfg.seconds_per_request <= 0
+            and cfg.share_per_read <= 0
+        ):
+            budget = pending
+        else:
+            if cfg.seconds_per_request > 0 and now > batch.last_progress:
+                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
+            if read and cfg.requests_per_read is not None:
+                batch.credit += cfg.requests_per_read  # set, it alone paces reads (0: none)
+            elif read and cfg.share_per_read > 0:
+                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
+            budget = min(pending, int(batch.credit + 1e-9))
+            batch.credit = 0.0 if budget == pending else batch.credit - budget
+        batch.last_progress = max(batch.last_progress, now)
+        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
+            self._finish(batch, line, now)
+        batch.next_pending += budget
+
+    def _finish(self, batch: Any, line: Any, now: float) -> None:
+        """Run one line of ``batch`` (the provider's own Batch and Line) at emulator time
+        ``now``: its answer or error, as that provider records it."""
+        raise NotImplementedError

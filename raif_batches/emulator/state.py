@@ -600,29 +600,6 @@ class EmulatorState(EmulatorStateBase[EmulatorConfig]):
                 self._finish(batch, line, batch.revert_at)
             batch.revert_lines = []
 
-    def _progress(self, batch: Batch, now: float, read: bool) -> None:
-        cfg = self.config
-        pending = len(batch.lines) - batch.next_pending
-        if (
-            cfg.requests_per_read is None
-            and cfg.seconds_per_request <= 0
-            and cfg.share_per_read <= 0
-        ):
-            budget = pending
-        else:
-            if cfg.seconds_per_request > 0 and now > batch.last_progress:
-                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read is not None:
-                batch.credit += cfg.requests_per_read  # set, it alone paces reads (0: none)
-            elif read and cfg.share_per_read > 0:
-                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
-            budget = min(pending, int(batch.credit + 1e-9))
-            batch.credit = 0.0 if budget == pending else batch.credit - budget
-        batch.last_progress = max(batch.last_progress, now)
-        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
-            self._finish(batch, line, now)
-        batch.next_pending += budget
-
     def _finish(self, batch: Batch, line: Line, now: float) -> None:
         body = self._body(batch, line)
         outcome = self._complete(batch, line.custom_id, body, now, line.cache_hit)

@@ -345,30 +345,7 @@ class OpenAIEmulatorState(EmulatorStateBase[OpenAIEmulatorConfig]):
         batch.times["failed_at"] = now
         batch.lines = []
 
-    def _progress(self, batch: Batch, now: float, read: bool) -> None:
-        cfg = self.config
-        pending = len(batch.lines) - batch.next_pending
-        if (
-            cfg.requests_per_read is None
-            and cfg.seconds_per_request <= 0
-            and cfg.share_per_read <= 0
-        ):
-            budget = pending
-        else:
-            if cfg.seconds_per_request > 0 and now > batch.last_progress:
-                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read is not None:
-                batch.credit += cfg.requests_per_read
-            elif read and cfg.share_per_read > 0:
-                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
-            budget = min(pending, int(batch.credit + 1e-9))
-            batch.credit = 0.0 if budget == pending else batch.credit - budget
-        batch.last_progress = max(batch.last_progress, now)
-        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
-            self._run(batch, line, now)
-        batch.next_pending += budget
-
-    def _run(self, batch: Batch, line: Line, now: float) -> None:
+    def _finish(self, batch: Batch, line: Line, now: float) -> None:
         body = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
         completion_id = "chatcmpl-" + uuid.uuid5(uuid.NAMESPACE_URL, batch.id + line.custom_id).hex
         outcome = complete(
