@@ -40,7 +40,7 @@ from .completions import (
     chat_messages,
     complete,
     model_matches,
-    system_prompt,
+    prompt_cache_hit,
 )
 
 ENDPOINTS = (
@@ -409,7 +409,7 @@ class EmulatorState(EmulatorStateBase[EmulatorConfig]):
             now = self.now()
             for rid, body in new.items():
                 line = Line(rid, str(body.get("model")), now, inline_body=body)
-                line.cache_hit = self._cache_lookup(batch, body)
+                line.cache_hit = prompt_cache_hit(batch.systems_seen, body)
                 batch.lines.append(line)
                 batch.by_id[rid] = line
             batch.sorted_ids = sorted(batch.by_id)
@@ -634,15 +634,6 @@ class EmulatorState(EmulatorStateBase[EmulatorConfig]):
         body: dict[str, Any] = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
         return body
 
-    def _cache_lookup(self, batch: Batch, body: dict[str, Any]) -> bool:
-        """A line hits the prompt cache when an earlier line of the batch had its system text."""
-        system = system_prompt(body)
-        if system is None:
-            return False
-        hit = system in batch.systems_seen
-        batch.systems_seen.add(system)
-        return hit
-
     def _validate(self, batch: Batch, now: float) -> None:
         """xAI checks the whole file after create; one bad line cancels the whole batch."""
         batch.validated, batch.last_progress = True, now
@@ -699,7 +690,7 @@ class EmulatorState(EmulatorStateBase[EmulatorConfig]):
         if custom_id in batch.by_id:
             return f"line {number}: duplicate custom_id '{custom_id}'"
         line = Line(custom_id, model, batch.create_time, span=(start, end))
-        line.cache_hit = self._cache_lookup(batch, body)
+        line.cache_hit = prompt_cache_hit(batch.systems_seen, body)
         lines.append(line)
         batch.by_id[custom_id] = line
         return None

@@ -13,7 +13,7 @@ from ..base import EmulatorStateBase
 from ..completions import (
     chat_messages,
     complete,
-    system_prompt,
+    prompt_cache_hit,
 )
 from ..server import RawAnswer
 from ..state import _line_spans as line_spans
@@ -352,7 +352,8 @@ class OpenAIEmulatorState(EmulatorStateBase[OpenAIEmulatorConfig]):
             body,
             completion_id=completion_id,
             created=int(now),
-            cache_hit=self._cache_hit(batch, body),
+            # A hit caches half the prompt tokens, as in xAI's emulator.
+            cache_hit=prompt_cache_hit(batch.systems_seen, body),
             prices=self.config.prices,
             quirk=self.config.line_quirks.get(line.custom_id),
         )
@@ -362,16 +363,6 @@ class OpenAIEmulatorState(EmulatorStateBase[OpenAIEmulatorConfig]):
             line.state, line.completion = "succeeded", openai_shape(outcome.completion, body)
         if line.custom_id in self.config.missing_result_ids:
             line.in_files = False
-
-    def _cache_hit(self, batch: Batch, body: dict[str, Any]) -> bool:
-        """A line hits the prompt cache when an earlier line of the batch had its system text
-        (half its prompt tokens are then cached, as in xAI's emulator)."""
-        system = system_prompt(body)
-        if system is None:
-            return False
-        hit = system in batch.systems_seen
-        batch.systems_seen.add(system)
-        return hit
 
     def _end(self, batch: Batch, status: str, when: float) -> None:
         """A terminal status: lines that never ran are cancelled/expired; the files are written."""
