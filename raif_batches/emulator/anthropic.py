@@ -46,8 +46,6 @@ later ones (``cache_read_input_tokens``).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import random
 import re
@@ -60,10 +58,11 @@ from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from typing import Any
 
+from .base import Call, EmulatorStateBase
 from .completions import ModelPrice, complete, model_matches
-from .faults import Fault, FaultBook
+from .faults import Fault
 from .server import EmulatorServer, RawAnswer, Routes, _Handler, _HTTPServer, _json
-from .state import ApiError, Call
+from .state import ApiError
 
 MB = 1024 * 1024
 ANTHROPIC_VERSION = "2023-06-01"
@@ -253,69 +252,30 @@ def rfc3339(value: float | None) -> str | None:
     return datetime.fromtimestamp(value, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class AnthropicEmulatorState:
-    """The emulated provider; all public methods take the one lock."""
+class AnthropicEmulatorState(EmulatorStateBase[AnthropicEmulatorConfig]):
+    """The emulated provider: batches, over the shared clock, calls and faults; all public
+    methods take the one lock."""
+
+    config_class = AnthropicEmulatorConfig
 
     def __init__(
         self, config: AnthropicEmulatorConfig | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.config = config if config is not None else AnthropicEmulatorConfig()
-        self._initial_config = copy.deepcopy(self.config)
-        self._clock = clock
-        self._lock = threading.RLock()
-        self.offset = 0.0
+        super().__init__(config, clock)
         self.batches: dict[str, Batch] = {}
-        self.calls: list[Call] = []
-        self._faults = FaultBook(self.config.seed)
         self._seq = 0
         self.origin = ""  # set by the server: results_url points at it
 
-    # -- clock, calls, faults ------------------------------------------------------------------
-    def now(self) -> float:
-        return self._clock() + self.offset
+    def _forget(self) -> None:
+        self.batches.clear()
+        self._seq = 0
 
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.offset += seconds
-
-    def reset(self) -> None:
-        with self._lock:
-            for f in dataclasses.fields(AnthropicEmulatorConfig):
-                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
-            self.offset = 0.0
-            self.batches.clear()
-            self.calls.clear()
-            self._faults.reset(self.config.seed)
-            self._seq = 0
-
-    def record(self, call: Call) -> None:
-        with self._lock:
-            self.calls.append(call)
-
-    def count_calls(self, endpoint: str) -> int:
-        with self._lock:
-            return sum(1 for c in self.calls if c.endpoint == endpoint)
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self._faults.faults
-
-    def add_fault(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.faults.append(fault)
-            return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.faults.clear()
-
-    def pick_fault(self, endpoint: str) -> Fault | None:
-        with self._lock:
-            transient = self._faults.transient(self.config.transient_failure_rate)
-            if transient is not None and transient.kind == "status":
-                # The shared book writes xAI's body; the server then writes Anthropic's.
-                transient = Fault(None, "status", status=transient.status)
-            return transient or self._faults.pick(endpoint)
+    def _transient_fault(self) -> Fault | None:
+        transient = super()._transient_fault()
+        if transient is not None and transient.kind == "status":
+            # The shared book writes xAI's body; the server then writes Anthropic's.
+            transient = Fault(None, "status", status=transient.status)
+        return transient
 
     # -- batches -------------------------------------------------------------------------------
     def create_batch(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -538,29 +498,6 @@ class AnthropicEmulatorState:
             line.state, line.result, line.finish_time = "cancelled", {"type": "canceled"}, now
         batch.next_pending = len(batch.lines)
         batch.ended_at = now
-
-    def _progress(self, batch: Batch, now: float, read: bool) -> None:
-        cfg = self.config
-        pending = len(batch.lines) - batch.next_pending
-        if (
-            cfg.requests_per_read is None
-            and cfg.seconds_per_request <= 0
-            and cfg.share_per_read <= 0
-        ):
-            budget = pending
-        else:
-            if cfg.seconds_per_request > 0 and now > batch.last_progress:
-                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read is not None:
-                batch.credit += cfg.requests_per_read
-            elif read and cfg.share_per_read > 0:
-                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
-            budget = min(pending, int(batch.credit + 1e-9))
-            batch.credit = 0.0 if budget == pending else batch.credit - budget
-        batch.last_progress = max(batch.last_progress, now)
-        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
-            self._finish(batch, line, now)
-        batch.next_pending += budget
 
     def _finish(self, batch: Batch, line: Line, now: float) -> None:
         line.finish_time = now

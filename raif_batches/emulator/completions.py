@@ -129,6 +129,17 @@ def system_prompt(body: dict[str, Any]) -> str | None:
     return "\n".join(texts) if texts else None
 
 
+def prompt_cache_hit(seen: set[str], body: dict[str, Any]) -> bool:
+    """Whether a line hits the prompt cache: an earlier line of its batch had its system text.
+    ``seen`` is the batch's set of system texts so far; this line's is added to it."""
+    system = system_prompt(body)
+    if system is None:
+        return False
+    hit = system in seen
+    seen.add(system)
+    return hit
+
+
 def is_reasoning_model(model: str) -> bool:
     """grok-4.3 always reasons; the grok-4.20 family says so in its name (or "non-reasoning")."""
     return model == "grok-4.3" or ("reasoning" in model and "non-reasoning" not in model)

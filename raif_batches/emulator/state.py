@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import base64
 import bisect
-import copy
-import dataclasses
 import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .base import Call as Call  # importable from here, where it was first defined
+from .base import EmulatorStateBase
 from .completions import (
     LINE_QUIRKS,
     ModelPrice,
@@ -41,9 +40,8 @@ from .completions import (
     chat_messages,
     complete,
     model_matches,
-    system_prompt,
+    prompt_cache_hit,
 )
-from .faults import Fault, FaultBook
 
 ENDPOINTS = (
     "upload_file",
@@ -182,19 +180,6 @@ class EmulatorConfig:
 
 
 @dataclass
-class Call:
-    """One call as the emulator saw it. Never holds the Authorization header."""
-
-    endpoint: str
-    method: str
-    path: str
-    query: dict[str, str]
-    status: int  # 0 when the connection was dropped without an answer
-    body_size: int
-    time: float
-
-
-@dataclass
 class UploadedFile:
     id: str
     filename: str
@@ -283,73 +268,25 @@ def decode_token(token: str | None) -> str | None:
     return after
 
 
-class EmulatorState:
-    """The emulated provider. ``clock`` is injectable; :meth:`now` adds the :meth:`advance`
-    offset to it."""
+class EmulatorState(EmulatorStateBase[EmulatorConfig]):
+    """The emulated provider. The clock, calls and faults are :class:`~.base.EmulatorStateBase`'s;
+    this holds xAI's files and batches."""
+
+    config_class = EmulatorConfig
 
     def __init__(
         self, config: EmulatorConfig | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.config = config if config is not None else EmulatorConfig()
-        self._initial_config = copy.deepcopy(self.config)
-        self._clock = clock
-        self._lock = threading.RLock()
-        self.offset = 0.0
+        super().__init__(config, clock)
         self.files: dict[str, UploadedFile] = {}
         self.batches: dict[str, Batch] = {}
-        self.calls: list[Call] = []
-        self._faults = FaultBook(self.config.seed)
         self._listings = 0  # list calls served, for pagination_end_alternate
         self._serial = 0  # tokens minted by endless pagination
 
-    # -- clock, calls, faults ------------------------------------------------------------------
-    def now(self) -> float:
-        return self._clock() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.offset += seconds
-
-    def reset(self) -> None:
-        """Forget everything and restore the config the state was built with (in place, so the
-        server and tests keep the same object)."""
-        with self._lock:
-            for f in dataclasses.fields(EmulatorConfig):
-                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
-            self.offset = 0.0
-            self.files.clear()
-            self.batches.clear()
-            self.calls.clear()
-            self._faults.reset(self.config.seed)
-            self._listings = self._serial = 0
-
-    def record(self, call: Call) -> None:
-        with self._lock:
-            self.calls.append(call)
-
-    def count_calls(self, endpoint: str) -> int:
-        with self._lock:
-            return sum(1 for c in self.calls if c.endpoint == endpoint)
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self._faults.faults
-
-    def add_fault(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.faults.append(fault)
-            return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.faults.clear()
-
-    def pick_fault(self, endpoint: str) -> Fault | None:
-        """The transient failure or injected fault that hits this call, if any."""
-        with self._lock:
-            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
-                endpoint
-            )
+    def _forget(self) -> None:
+        self.files.clear()
+        self.batches.clear()
+        self._listings = self._serial = 0
 
     # -- files ---------------------------------------------------------------------------------
     def add_file(
@@ -472,7 +409,7 @@ class EmulatorState:
             now = self.now()
             for rid, body in new.items():
                 line = Line(rid, str(body.get("model")), now, inline_body=body)
-                line.cache_hit = self._cache_lookup(batch, body)
+                line.cache_hit = prompt_cache_hit(batch.systems_seen, body)
                 batch.lines.append(line)
                 batch.by_id[rid] = line
             batch.sorted_ids = sorted(batch.by_id)
@@ -663,29 +600,6 @@ class EmulatorState:
                 self._finish(batch, line, batch.revert_at)
             batch.revert_lines = []
 
-    def _progress(self, batch: Batch, now: float, read: bool) -> None:
-        cfg = self.config
-        pending = len(batch.lines) - batch.next_pending
-        if (
-            cfg.requests_per_read is None
-            and cfg.seconds_per_request <= 0
-            and cfg.share_per_read <= 0
-        ):
-            budget = pending
-        else:
-            if cfg.seconds_per_request > 0 and now > batch.last_progress:
-                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read is not None:
-                batch.credit += cfg.requests_per_read  # set, it alone paces reads (0: none)
-            elif read and cfg.share_per_read > 0:
-                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
-            budget = min(pending, int(batch.credit + 1e-9))
-            batch.credit = 0.0 if budget == pending else batch.credit - budget
-        batch.last_progress = max(batch.last_progress, now)
-        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
-            self._finish(batch, line, now)
-        batch.next_pending += budget
-
     def _finish(self, batch: Batch, line: Line, now: float) -> None:
         body = self._body(batch, line)
         outcome = self._complete(batch, line.custom_id, body, now, line.cache_hit)
@@ -719,15 +633,6 @@ class EmulatorState:
         assert line.span is not None
         body: dict[str, Any] = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
         return body
-
-    def _cache_lookup(self, batch: Batch, body: dict[str, Any]) -> bool:
-        """A line hits the prompt cache when an earlier line of the batch had its system text."""
-        system = system_prompt(body)
-        if system is None:
-            return False
-        hit = system in batch.systems_seen
-        batch.systems_seen.add(system)
-        return hit
 
     def _validate(self, batch: Batch, now: float) -> None:
         """xAI checks the whole file after create; one bad line cancels the whole batch."""
@@ -785,7 +690,7 @@ class EmulatorState:
         if custom_id in batch.by_id:
             return f"line {number}: duplicate custom_id '{custom_id}'"
         line = Line(custom_id, model, batch.create_time, span=(start, end))
-        line.cache_hit = self._cache_lookup(batch, body)
+        line.cache_hit = prompt_cache_hit(batch.systems_seen, body)
         lines.append(line)
         batch.by_id[custom_id] = line
         return None

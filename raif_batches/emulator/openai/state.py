@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..base import EmulatorStateBase
 from ..completions import (
     chat_messages,
     complete,
-    system_prompt,
+    prompt_cache_hit,
 )
-from ..faults import Fault, FaultBook
 from ..server import RawAnswer
-from ..state import Call
 from ..state import _line_spans as line_spans
 from .config import (
     BATCH_ENDPOINTS,
@@ -40,69 +36,23 @@ from .wire import (
 )
 
 
-class OpenAIEmulatorState:
-    """The emulated provider: files, batches, calls, faults and a clock."""
+class OpenAIEmulatorState(EmulatorStateBase[OpenAIEmulatorConfig]):
+    """The emulated provider: files and batches, over the shared clock, calls and faults."""
+
+    config_class = OpenAIEmulatorConfig
 
     def __init__(
         self, config: OpenAIEmulatorConfig | None = None, clock: Callable[[], float] = time.time
     ) -> None:
-        self.config = config if config is not None else OpenAIEmulatorConfig()
-        self._initial_config = copy.deepcopy(self.config)
-        self._clock = clock
-        self._lock = threading.RLock()
-        self.offset = 0.0
+        super().__init__(config, clock)
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
-        self.calls: list[Call] = []
-        self._faults = FaultBook(self.config.seed)
         self._seq = 0
 
-    # -- clock, calls, faults ------------------------------------------------------------------
-    def now(self) -> float:
-        return self._clock() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.offset += seconds
-
-    def reset(self) -> None:
-        """Forget everything and restore the initial config, in place."""
-        with self._lock:
-            for f in dataclasses.fields(OpenAIEmulatorConfig):
-                setattr(self.config, f.name, copy.deepcopy(getattr(self._initial_config, f.name)))
-            self.offset = 0.0
-            self.files.clear()
-            self.batches.clear()
-            self.calls.clear()
-            self._faults.reset(self.config.seed)
-            self._seq = 0
-
-    def record(self, call: Call) -> None:
-        with self._lock:
-            self.calls.append(call)
-
-    def count_calls(self, endpoint: str) -> int:
-        with self._lock:
-            return sum(1 for c in self.calls if c.endpoint == endpoint)
-
-    @property
-    def faults(self) -> list[Fault]:
-        return self._faults.faults
-
-    def add_fault(self, fault: Fault) -> Fault:
-        with self._lock:
-            self._faults.faults.append(fault)
-            return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.faults.clear()
-
-    def pick_fault(self, endpoint: str) -> Fault | None:
-        with self._lock:
-            return self._faults.transient(self.config.transient_failure_rate) or self._faults.pick(
-                endpoint
-            )
+    def _forget(self) -> None:
+        self.files.clear()
+        self.batches.clear()
+        self._seq = 0
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -395,37 +345,15 @@ class OpenAIEmulatorState:
         batch.times["failed_at"] = now
         batch.lines = []
 
-    def _progress(self, batch: Batch, now: float, read: bool) -> None:
-        cfg = self.config
-        pending = len(batch.lines) - batch.next_pending
-        if (
-            cfg.requests_per_read is None
-            and cfg.seconds_per_request <= 0
-            and cfg.share_per_read <= 0
-        ):
-            budget = pending
-        else:
-            if cfg.seconds_per_request > 0 and now > batch.last_progress:
-                batch.credit += (now - batch.last_progress) / cfg.seconds_per_request
-            if read and cfg.requests_per_read is not None:
-                batch.credit += cfg.requests_per_read
-            elif read and cfg.share_per_read > 0:
-                batch.credit += max(1.0, cfg.share_per_read * len(batch.lines))
-            budget = min(pending, int(batch.credit + 1e-9))
-            batch.credit = 0.0 if budget == pending else batch.credit - budget
-        batch.last_progress = max(batch.last_progress, now)
-        for line in batch.lines[batch.next_pending : batch.next_pending + budget]:
-            self._run(batch, line, now)
-        batch.next_pending += budget
-
-    def _run(self, batch: Batch, line: Line, now: float) -> None:
+    def _finish(self, batch: Batch, line: Line, now: float) -> None:
         body = json.loads(batch.source[line.span[0] : line.span[1]])["body"]
         completion_id = "chatcmpl-" + uuid.uuid5(uuid.NAMESPACE_URL, batch.id + line.custom_id).hex
         outcome = complete(
             body,
             completion_id=completion_id,
             created=int(now),
-            cache_hit=self._cache_hit(batch, body),
+            # A hit caches half the prompt tokens, as in xAI's emulator.
+            cache_hit=prompt_cache_hit(batch.systems_seen, body),
             prices=self.config.prices,
             quirk=self.config.line_quirks.get(line.custom_id),
         )
@@ -435,16 +363,6 @@ class OpenAIEmulatorState:
             line.state, line.completion = "succeeded", openai_shape(outcome.completion, body)
         if line.custom_id in self.config.missing_result_ids:
             line.in_files = False
-
-    def _cache_hit(self, batch: Batch, body: dict[str, Any]) -> bool:
-        """A line hits the prompt cache when an earlier line of the batch had its system text
-        (half its prompt tokens are then cached, as in xAI's emulator)."""
-        system = system_prompt(body)
-        if system is None:
-            return False
-        hit = system in batch.systems_seen
-        batch.systems_seen.add(system)
-        return hit
 
     def _end(self, batch: Batch, status: str, when: float) -> None:
         """A terminal status: lines that never ran are cancelled/expired; the files are written."""

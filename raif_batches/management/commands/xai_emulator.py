@@ -9,28 +9,43 @@ Ctrl-C or SIGTERM stops it with exit status 0.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandParser
+
+from ._emulator import Emulator, EmulatorCommand, parse_settings
+
+# parse_settings lived here first; tests and users import it from here.
+__all__ = ["Command", "parse_settings"]
+
+#: xAI's shortcut options: each sets the config field of its name when given.
+FIELD_OPTIONS = (
+    "seconds_per_request",
+    "requests_per_read",
+    "validation_reads",
+    "error_shape",
+    "time_format",
+    "cancel_revert_count",
+    "cancel_revert_after",
+    "transient_failure_rate",
+    "latency",
+    "seed",
+)
 
 
-class Command(BaseCommand):
+class Command(EmulatorCommand):
     help = "Run the bundled xAI Batch API emulator (for the demo and offline testing)."
-    # The emulator is the way to try the app before a key exists: no check may stop it.
-    requires_system_checks: list[str] = []
+    label = "xAI"
+    default_port = 8765
+    config_name = "EmulatorConfig"
+    set_example = "results_gone_status=410"
 
-    def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-        parser.add_argument(
-            "--api-key",
-            default="",
-            help="the only key accepted; by default any non-empty key is (e.g. emulator-key)",
-        )
-        parser.add_argument("--profile", choices=["realistic", "fast"], default="realistic")
+    def emulator(self) -> Emulator:
+        from raif_batches.emulator import EmulatorConfig, EmulatorServer
+
+        return EmulatorConfig, EmulatorServer
+
+    def add_config_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--seconds-per-request",
             type=float,
@@ -54,94 +69,10 @@ class Command(BaseCommand):
         parser.add_argument("--transient-failure-rate", type=float, default=None)
         parser.add_argument("--latency", type=float, default=None)
         parser.add_argument("--seed", type=int, default=None)
-        parser.add_argument(
-            "--set",
-            action="append",
-            default=[],
-            metavar="FIELD=VALUE",
-            help="any EmulatorConfig field, VALUE as JSON (e.g. --set results_gone_status=410)",
-        )
 
-    def handle(self, *args: Any, **options: Any) -> None:
-        from raif_batches.emulator import EmulatorConfig, EmulatorServer
-
-        overrides: dict[str, Any] = {}
-        for name in (
-            "seconds_per_request",
-            "requests_per_read",
-            "validation_reads",
-            "error_shape",
-            "time_format",
-            "cancel_revert_count",
-            "cancel_revert_after",
-            "transient_failure_rate",
-            "latency",
-            "seed",
-        ):
-            if options[name] is not None:
-                overrides[name] = options[name]
+    def config_overrides(self, options: dict[str, Any]) -> dict[str, Any]:
+        overrides = {name: options[name] for name in FIELD_OPTIONS if options[name] is not None}
         if options["pagination_end"] is not None:
             overrides["pagination_end"] = None if options["pagination_end"] == "null" else ""
             overrides["pagination_end_alternate"] = False
-        overrides.update(parse_settings(options["set"]))
-        try:
-            config = EmulatorConfig.profile(options["profile"], **overrides)
-        except (TypeError, ValueError) as exc:
-            raise CommandError(f"bad emulator setting: {exc}") from None
-        server = EmulatorServer(
-            host=options["host"],
-            port=options["port"],
-            api_key=options["api_key"] or None,
-            config=config,
-            quiet=options["verbosity"] < 2,
-        )
-
-        def ready(base_url: str) -> None:
-            key = "any key" if server.any_key else "only the key given by --api-key"
-            self.stdout.write(
-                f"xAI emulator ({options['profile']} profile) listening on {base_url}, "
-                f"accepting {key} (Ctrl-C to stop)"
-            )
-            self.stdout.flush()
-
-        # SIGTERM (a container or service manager stopping it) stops it like Ctrl-C does.
-        signal.signal(signal.SIGTERM, _interrupt)
-        try:
-            server.serve_forever(ready)
-        except KeyboardInterrupt:
-            self.stdout.write("xAI emulator stopped")
-        except OSError as exc:
-            raise CommandError(
-                f"cannot serve on {options['host']}:{options['port']}: {exc}"
-            ) from None
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def parse_settings(items: list[str], config_class: Any = None) -> dict[str, Any]:
-    """``FIELD=VALUE`` pairs: VALUE as JSON when it parses, else as a string; lists become the
-    field's own collection type (set or tuple). ``config_class``: the emulator's config
-    dataclass (xAI's ``EmulatorConfig`` by default)."""
-    from raif_batches.emulator import EmulatorConfig
-
-    config_class = config_class or EmulatorConfig
-    kinds = {f.name: f for f in dataclasses.fields(config_class)}
-    values: dict[str, Any] = {}
-    for item in items:
-        name, sep, raw = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in kinds:
-            raise CommandError(
-                f"--set expects FIELD=VALUE with a {config_class.__name__} field: {item!r}"
-            )
-        try:
-            value: Any = json.loads(raw)
-        except ValueError:
-            value = raw
-        default = getattr(config_class(), name)
-        if isinstance(value, list) and isinstance(default, set | tuple):
-            value = type(default)(value)
-        values[name] = value
-    return values
+        return overrides
