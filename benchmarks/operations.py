@@ -230,14 +230,27 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
     from . import floors
 
     with_floor = connection.vendor == "postgresql"
+    chunks = math.ceil(args.rows / INSERT_CHUNK)
+    # shape: its row's key, how its requests are made, how they are inserted, chunks sent.
     shapes = {
-        "generator": lambda prefix: review_requests(args.rows, prefix),
-        "list": lambda prefix: list(review_requests(args.rows, prefix)),
+        "generator": (
+            "create",
+            lambda prefix: review_requests(args.rows, prefix),
+            f"drawn from a generator, {INSERT_CHUNK:,} at a time, one COPY (INSERT elsewhere) "
+            "per chunk",
+            chunks,
+        ),
+        "list": (
+            "create_list",
+            lambda prefix: list(review_requests(args.rows, prefix)),
+            "given as a list, one COPY (INSERT elsewhere)",
+            0,
+        ),
     }
     ours: dict[str, list[Measure]] = {shape: [] for shape in shapes}
     floor_runs: dict[str, list[Measure]] = {shape: [] for shape in shapes}
     for attempt in range(args.repeats):
-        for shape, make in shapes.items():
+        for shape, (_, make, _, _) in shapes.items():
             requests = make("r")
             with measure() as m:
                 batch = create_batch(
@@ -259,18 +272,8 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
             delete_batch(batch)
             del requests
     measured = []
-    for shape in shapes:
-        key = "create" if shape == "generator" else "create_list"
+    for shape, (key, _, how, units) in shapes.items():
         m = median_of(ours[shape])
-        if shape == "generator":
-            how = (
-                f"drawn from a generator, {INSERT_CHUNK:,} at a time, one COPY (INSERT "
-                "elsewhere) per chunk"
-            )
-            units, unit = math.ceil(args.rows / INSERT_CHUNK), "chunk"
-        else:
-            how = "given as a list, one COPY (INSERT elsewhere)"
-            units, unit = 0, ""
         measured.append(
             row(
                 key,
@@ -280,7 +283,7 @@ def op_create(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[st
                 n=args.rows,
                 item="requests",
                 units=units,
-                unit=unit,
+                unit="chunk" if units else "",
                 baselines=("create_per_row",),
                 target=verdict(m.wall < 10, "a few seconds (< 10 s)"),
                 floor=f"{key}_floor",

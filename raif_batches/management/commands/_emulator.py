@@ -38,13 +38,13 @@ class EmulatorCommand(BaseCommand):
     label: str
     #: The port served unless ``--port`` says otherwise.
     default_port: int
-    #: The provider's config class name and a sample ``FIELD=VALUE``, for the help of ``--set``.
-    config_name: str
+    #: A sample ``FIELD=VALUE`` of the provider's config, for the help of ``--set``.
     set_example: str
 
     def emulator(self) -> Emulator:
-        """The provider's config class (with its ``profile`` constructor) and server class,
-        imported when the command runs, not when Django loads it."""
+        """The provider's config class (with its ``profile`` constructor, and whose name the
+        help of ``--set`` gives) and server class, imported when the command runs or shows its
+        help, not when Django loads it."""
         raise NotImplementedError
 
     def add_config_arguments(self, parser: CommandParser) -> None:
@@ -55,6 +55,7 @@ class EmulatorCommand(BaseCommand):
         return {}
 
     def add_arguments(self, parser: CommandParser) -> None:
+        config = self.emulator()[0].__name__
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument(
             "--port", type=int, default=self.default_port, help="0 picks a free port"
@@ -71,7 +72,7 @@ class EmulatorCommand(BaseCommand):
             action="append",
             default=[],
             metavar="FIELD=VALUE",
-            help=f"any {self.config_name} field, VALUE as JSON (e.g. --set {self.set_example})",
+            help=f"any {config} field, VALUE as JSON (e.g. --set {self.set_example})",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

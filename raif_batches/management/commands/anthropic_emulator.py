@@ -16,7 +16,6 @@ class Command(EmulatorCommand):
     help = "Run the bundled Anthropic Message Batches API emulator (offline testing)."
     label = "Anthropic"
     default_port = 8767
-    config_name = "AnthropicEmulatorConfig"
     set_example = "live_counts=true"
 
     def emulator(self) -> Emulator:

@@ -16,7 +16,6 @@ class Command(EmulatorCommand):
     help = "Run the bundled OpenAI Batch API emulator (for the demo and offline testing)."
     label = "OpenAI"
     default_port = 8766
-    config_name = "OpenAIEmulatorConfig"
     set_example = "validation_reads=0"
 
     def emulator(self) -> Emulator:

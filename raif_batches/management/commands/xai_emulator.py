@@ -37,7 +37,6 @@ class Command(EmulatorCommand):
     help = "Run the bundled xAI Batch API emulator (for the demo and offline testing)."
     label = "xAI"
     default_port = 8765
-    config_name = "EmulatorConfig"
     set_example = "results_gone_status=410"
 
     def emulator(self) -> Emulator:
