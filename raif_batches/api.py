@@ -24,17 +24,22 @@ from .providers import get_strategy_class
 from .validation import (
     MAX_NAME_LENGTH,
     MAX_TOKENS_LIMIT,
+    ROLES,
     UnknownModelWarning,
     check_batch_args,
     check_request_values,
+    plain_messages,
 )
 
 #: Matched with ``fullmatch``: ``$`` alone would accept a trailing newline.
 CUSTOM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}")
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 RESPONSE_FORMATS = frozenset({"text", "json_object", "json_schema"})
 #: Keys of a request that are stored in their own columns.
 COLUMN_KEYS = ModelCompletion.PARAMETER_FIELDS
+#: Keys of a request stored as JSON in their own columns (the others: ``extra_body``).
+JSON_COLUMN_KEYS = ("response_format", "tools", "tool_choice")
+#: The keys of a request that :meth:`_RequestRows.row` checks by its shortest path.
+PLAIN_KEYS = frozenset({"custom_id", "messages", "temperature", "max_tokens", "source"})
 #: Keys a batch line must not carry: the model is the batch's, streaming is not batchable.
 FORBIDDEN_KEYS = frozenset({"model", "stream", "stream_options"})
 _NUMBER = (int, float)
@@ -325,8 +330,11 @@ class _RequestRows:
     def _read_content_types(requests: Sequence[Mapping[str, Any]]) -> None:
         """Read the content types of the sources into Django's cache, for :meth:`row`."""
         for request in requests:
-            source = request.get("source") if isinstance(request, Mapping) else None
-            if isinstance(source, models.Model) and source.pk is not None:
+            # (type() first, as in row().)
+            if type(request) is not dict and not isinstance(request, Mapping):
+                continue
+            source = request.get("source")
+            if source is not None and isinstance(source, models.Model) and source.pk is not None:
                 ContentType.objects.get_for_model(source)
 
     def rows(self, requests: Sequence[Mapping[str, Any]], start: int) -> Iterator[tuple[Any, ...]]:
@@ -358,6 +366,38 @@ class _RequestRows:
         # (type() first: isinstance against an ABC costs more than the rest of a check.)
         if type(request) is not dict and not isinstance(request, Mapping):
             raise InvalidBatchRequest("each request must be a dict.", index=index)
+        custom_id = self._custom_id(index, request)
+        plain = self._is_plain(request)
+        if not plain:
+            self._check(custom_id, request)
+
+        source = request.get("source")
+        content_type_id: int | None = None
+        object_id = ""
+        if source is None:
+            pass
+        elif isinstance(source, _SourceRef):
+            content_type_id, object_id = source
+        else:
+            if not isinstance(source, models.Model) or source.pk is None:
+                raise InvalidBatchRequest(
+                    "source must be a saved model instance.", custom_id=custom_id
+                )
+            content_type_id = ContentType.objects.get_for_model(source).pk
+            object_id = str(source.pk)
+            if len(object_id) > 64:
+                raise InvalidBatchRequest(
+                    "source's primary key is longer than 64 characters.", custom_id=custom_id
+                )
+        try:
+            return self._encode(custom_id, request, content_type_id, object_id, plain)
+        except (TypeError, ValueError) as error:
+            raise InvalidBatchRequest(
+                f"the request is not JSON-serialisable: {error}", custom_id=custom_id
+            ) from error
+
+    def _custom_id(self, index: int, request: Mapping[str, Any]) -> str:
+        """The request's custom id, checked and recorded as seen."""
         custom_id = request.get("custom_id")
         if not isinstance(custom_id, str) or not custom_id:
             raise InvalidBatchRequest("custom_id is required and must be a string.", index=index)
@@ -384,37 +424,41 @@ class _RequestRows:
         if custom_id in self.seen:
             raise InvalidBatchRequest("custom_id is not unique in this batch.", custom_id=custom_id)
         self.seen.add(custom_id)
-        check_request_values(request, custom_id)
-        problem = _parameter_problem(request)
-        if problem is None:
-            problem = self.strategy.check_request(request)
+        return custom_id
+
+    def _check(self, custom_id: str, request: Mapping[str, Any]) -> None:
+        """Every check of a request but its custom id's and its source's; raises
+        :class:`InvalidBatchRequest` naming the first problem."""
+        messages_plain = plain_messages(request.get("messages"))
+        check_request_values(request, custom_id, checked="messages" if messages_plain else None)
+        problem = _parameter_problem(request, messages_plain) or self.strategy.check_request(
+            request
+        )
         if problem:
             raise InvalidBatchRequest(problem, custom_id=custom_id)
 
-        source = request.get("source")
-        content_type_id: int | None = None
-        object_id = ""
-        if source is None:
-            pass
-        elif isinstance(source, _SourceRef):
-            content_type_id, object_id = source
-        else:
-            if not isinstance(source, models.Model) or source.pk is None:
-                raise InvalidBatchRequest(
-                    "source must be a saved model instance.", custom_id=custom_id
-                )
-            content_type_id = ContentType.objects.get_for_model(source).pk
-            object_id = str(source.pk)
-            if len(object_id) > 64:
-                raise InvalidBatchRequest(
-                    "source's primary key is longer than 64 characters.", custom_id=custom_id
-                )
-        try:
-            return self._encode(custom_id, request, content_type_id, object_id)
-        except (TypeError, ValueError) as error:
-            raise InvalidBatchRequest(
-                f"the request is not JSON-serialisable: {error}", custom_id=custom_id
-            ) from error
+    def _is_plain(self, request: Mapping[str, Any]) -> bool:
+        """Whether ``request`` is of the usual shape, which :meth:`_check` would pass: a dict
+        of the :data:`PLAIN_KEYS` only, messages of :func:`plain_messages`, a float
+        ``temperature`` and an int ``max_tokens`` in range, and nothing the provider refuses.
+        Answered in one short pass, where :meth:`_check` costs twice as much; ``False`` leaves
+        the request to :meth:`_check`, which finds and names any problem
+        (``tests/test_request_checks.py`` holds the two to the same answers)."""
+        if type(request) is not dict or not request.keys() <= PLAIN_KEYS:
+            return False
+        temperature = request.get("temperature")
+        if temperature is not None and (
+            type(temperature) is not float or not 0 <= temperature <= 2
+        ):
+            return False
+        max_tokens = request.get("max_tokens")
+        if max_tokens is not None and (
+            type(max_tokens) is not int or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+        ):
+            return False
+        return (
+            plain_messages(request.get("messages")) and self.strategy.check_request(request) is None
+        )
 
     def _encode(
         self,
@@ -422,36 +466,38 @@ class _RequestRows:
         request: Mapping[str, Any],
         content_type_id: int | None,
         object_id: str,
+        plain: bool,
     ) -> tuple[tuple[Any, ...], int]:
         """The row of a valid request, and the bytes of its line: those of the body that
         :meth:`ModelCompletion.request_body` rebuilds from the row, as ``json.dumps`` (default
-        separators, ``ensure_ascii=False``) would write it, and the line's own."""
+        separators, ``ensure_ascii=False``) would write it, and the line's own. ``plain``: the
+        request has none but the :data:`PLAIN_KEYS`."""
         messages = encode_json(request["messages"])
         size = self.fixed_bytes + LINE_OVERHEAD + len(custom_id) + _utf8_length(messages)
         # Each key present in the body adds ', "<key>": <value>', len(key) + 6 bytes and more.
         temperature = request.get("temperature")
         if temperature is not None:
             size += len("temperature") + 6 + len(_number_json(temperature))
-            temperature = float(temperature)  # as the FloatField stores it
+            if type(temperature) is not float:
+                temperature = float(temperature)  # as the FloatField stores it
         max_tokens = request.get("max_tokens")
         if max_tokens is not None:
             size += len("max_tokens") + 6 + len(_number_json(max_tokens))
-            max_tokens = int(max_tokens)
-        texts: list[str | None] = []
-        for key in ("response_format", "tools", "tool_choice"):
-            value = request.get(key)
-            if value is None:
-                texts.append(None)  # SQL NULL, and not in the body
-                continue
-            text = encode_json(value)
-            size += len(key) + 6 + _utf8_length(text)
-            texts.append(text)
+            if type(max_tokens) is not int:
+                max_tokens = int(max_tokens)
+        texts: list[str | None] = [None, None, None]  # SQL NULL, and not in the body
         extra_text = "{}"
-        if not self.NOT_EXTRA.issuperset(request):
-            extra = {key: value for key, value in request.items() if key not in self.NOT_EXTRA}
-            extra_text = encode_json(extra)
-            # The extra keys follow in the same object: ', ' in place of their braces.
-            size += _utf8_length(extra_text)
+        if not plain:
+            for position, key in enumerate(JSON_COLUMN_KEYS):
+                value = request.get(key)
+                if value is not None:
+                    texts[position] = text = encode_json(value)
+                    size += len(key) + 6 + _utf8_length(text)
+            if not self.NOT_EXTRA.issuperset(request):
+                extra = {key: value for key, value in request.items() if key not in self.NOT_EXTRA}
+                extra_text = encode_json(extra)
+                # The extra keys follow in the same object: ', ' in place of their braces.
+                size += _utf8_length(extra_text)
         response_format, tools, tool_choice = texts
         row = (
             custom_id,
@@ -468,15 +514,16 @@ class _RequestRows:
         return row, size
 
 
-def _parameter_problem(request: Mapping[str, Any]) -> str | None:
-    """What the common rules refuse in a request's parameters and messages, or ``None``."""
+def _parameter_problem(request: Mapping[str, Any], plain: bool = False) -> str | None:
+    """What the common rules refuse in a request's parameters and messages, or ``None``
+    (``plain``: its messages are known to be of the usual shape, :func:`plain_messages`)."""
     if not FORBIDDEN_KEYS.isdisjoint(request):
         forbidden = FORBIDDEN_KEYS.intersection(request)
         return (
             f"{', '.join(sorted(forbidden))} cannot be set per request (the model is the "
             "batch's; batches do not stream)."
         )
-    problem = _messages_problem(request.get("messages"))
+    problem = None if plain else _messages_problem(request.get("messages"))
     if problem:
         return problem
     temperature = request.get("temperature")
@@ -495,7 +542,9 @@ def _parameter_problem(request: Mapping[str, Any]) -> str | None:
         return f"max_tokens must be a positive integer of at most {MAX_TOKENS_LIMIT}."
     response_format = request.get("response_format")
     if response_format is not None and (
-        not isinstance(response_format, dict) or response_format.get("type") not in RESPONSE_FORMATS
+        not isinstance(response_format, dict)
+        or not isinstance(response_format.get("type"), str)
+        or response_format["type"] not in RESPONSE_FORMATS
     ):
         return (
             "response_format must be a dict whose type is one of "
@@ -536,7 +585,7 @@ def _messages_problem(messages: Any) -> str | None:
         if not isinstance(message, dict):
             return f"messages[{position}] must be a dict with role and content."
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             return (
                 f"messages[{position}].role is {role!r}; expected one of "
                 f"{', '.join(sorted(ROLES))}."

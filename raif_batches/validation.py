@@ -35,6 +35,8 @@ MAX_NAME_LENGTH = 255
 MAX_HANDLER_LENGTH = 255
 #: The largest value of a PositiveIntegerField on every supported database.
 MAX_TOKENS_LIMIT = 2**31 - 1
+#: The roles a message may have.
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 #: NUL, and every UTF-16 surrogate code point (only ever lone in a Python ``str``).
 _BAD_CHARACTERS = re.compile("[\x00\ud800-\udfff]")
 
@@ -192,21 +194,67 @@ def check_batch_args(
         )
 
 
-def check_request_values(request: Mapping[str, Any], custom_id: str) -> None:
-    """Check every key and value of one request (``source`` excepted) for storable JSON."""
-    values = request
-    if "source" in request and type(request) is dict:
+def plain_messages(messages: Any) -> bool:
+    """Whether ``messages`` is a non-empty list of ``{"role": <role>, "content": <text>}``
+    dicts whose texts are storable: the usual shape, answered without a walk. ``False`` says
+    only that the general checks must decide."""
+    if type(messages) is not list or not messages:
+        return False
+    search = _BAD_CHARACTERS.search
+    for message in messages:
+        # Two keys, and both found: they are these two.
+        if type(message) is not dict or len(message) != 2:
+            return False
+        role = message.get("role")
+        content = message.get("content")
+        if type(role) is not str or role not in ROLES or type(content) is not str:
+            return False
+        if (not content.isascii() or "\x00" in content) and search(content):
+            return False
+    return True
+
+
+def _is_clean_request(request: dict[str, Any], checked: str | None) -> bool:
+    """:func:`_is_clean` of a request's values (``source`` and ``checked`` excepted), and no
+    reserved key: the request's own scalars are checked here, its containers walked."""
+    search, isfinite = _BAD_CHARACTERS.search, math.isfinite
+    for key, value in request.items():
+        if (
+            type(key) is not str
+            or key.startswith("_")
+            or ((not key.isascii() or "\x00" in key) and search(key))
+        ):
+            return False
+        kind = type(value)
+        if kind is str:
+            if (not value.isascii() or "\x00" in value) and search(value):
+                return False
+        elif kind is float:
+            if not isfinite(value):
+                return False
+        elif value is None or kind is int or kind is bool or key == checked or key == "source":
+            continue
+        elif not _is_clean(value, 1):
+            return False
+    return True
+
+
+def check_request_values(
+    request: Mapping[str, Any], custom_id: str, *, checked: str | None = None
+) -> None:
+    """Check every key and value of one request (``source`` excepted) for storable JSON.
+
+    ``checked`` names a key whose value the caller has found storable already (``messages``,
+    by :func:`plain_messages`)."""
+    # The usual, valid request is answered by one pass; any problem is then found, and named,
+    # key by key (reserved keys included).
+    if type(request) is dict:
+        clean = _is_clean_request(request, checked)
+    else:  # another mapping: its values as one dict
         values = {key: value for key, value in request.items() if key != "source"}
-    # The usual, valid request is answered by one walk; any problem is then found, and named,
-    # key by key.
-    if not _is_clean(values, 0):
+        clean = _is_clean(values, 0) and not any(key.startswith("_") for key in values)
+    if not clean:
         _check_each_value(request, custom_id)
-    for key in request:
-        if key.startswith("_"):
-            raise InvalidBatchRequest(
-                f"{key} is reserved for raif_batches (keys starting with '_' cannot be passed).",
-                custom_id=custom_id,
-            )
     max_tokens = request.get("max_tokens")
     if isinstance(max_tokens, int) and max_tokens > MAX_TOKENS_LIMIT:
         raise InvalidBatchRequest(

@@ -115,6 +115,19 @@ CASES: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"requests": [*GOOD, request("t-1", _raif_internal=True)]},
         ["request 't-1'", "_raif_internal", "reserved"],
     ),
+    "role that is a list": (
+        {
+            "requests": [
+                *GOOD,
+                {"custom_id": "t-1", "messages": [{"role": ["user"], "content": "Hi"}]},
+            ]
+        },
+        ["request 't-1'", "messages[0].role", "expected one of"],
+    ),
+    "response_format type that is a dict": (
+        {"requests": [*GOOD, request("t-1", response_format={"type": {"name": "json"}})]},
+        ["request 't-1'", "response_format", "type is one of"],
+    ),
     "custom id with a trailing newline": (
         {"requests": [*GOOD, request("t-1\n")]},
         ["request 't-1\\n'", "custom_id must be"],
