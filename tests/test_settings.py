@@ -235,3 +235,18 @@ def test_a_database_without_skip_locked_is_an_error(monkeypatch: Any) -> None:
     problems = check_databases(databases=["default"])
     assert [p.id for p in problems] == ["raif_batches.E012"]
     assert "MariaDB 10.6+" in str(problems[0].hint)
+
+
+@pytest.mark.parametrize(
+    ("url", "verify"),
+    [("https://api.x.ai/v1", "/etc/ssl/site-bundle.pem"), ("http://127.0.0.1:8777/v1", True)],
+)
+def test_a_ca_bundle_from_the_environment_applies_to_https_hosts(
+    monkeypatch: Any, url: str, verify: Any
+) -> None:
+    from raif_batches.http import build_session
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/site-bundle.pem")
+    session = build_session(base_url=url)
+    assert session.verify == verify
+    assert session.trust_env is False
