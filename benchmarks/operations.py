@@ -442,9 +442,8 @@ def op_harvest(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[s
     assert applied == args.rows, applied
     assert batch.completions.filter(status=CompletionStatus.COMPLETED).count() == args.rows
     pages = math.ceil(args.rows / int(get_setting("RESULTS_PAGE_SIZE")))
-    # As tests/test_query_counts.py counts them: the savepoint pair around each page's write
-    # (so that a refused page can be stored row by row) apart.
-    per_page = (m.queries - m.savepoints) / pages
+    # The statements per page are judged on the harvest_db row, which runs the pages alone:
+    # here the few statements that start and end the harvest are shared out over its pages.
     return [
         row(
             "harvest",
@@ -456,7 +455,7 @@ def op_harvest(args: argparse.Namespace, context: dict[str, Any]) -> list[dict[s
             units=pages,
             unit="page",
             baselines=("harvest_save", "harvest_bulk_update"),
-            target=verdict(m.peak_rss_mb < 200 and per_page <= 5, "< 200 MB, ≤ 5 q/page"),
+            target=verdict(m.peak_rss_mb < 200, "< 200 MB"),
         )
         | {"min_speedup": {"harvest_save": 10, "harvest_bulk_update": 3}}
     ]
@@ -601,16 +600,21 @@ def op_harvest_db(args: argparse.Namespace, context: dict[str, Any]) -> list[dic
             applied = sum(results.apply_result_page(batch, page, prices) for page in pages)
         assert applied == args.rows, applied
         ours.append(m)
+    mid = median_of(ours)
+    # As tests/test_query_counts.py counts them: the savepoint pair around each page's write
+    # (so that a refused page can be stored row by row) apart.
+    per_page = (mid.queries - mid.savepoints) / len(pages)
     measured = [
         row(
             "harvest_db",
             f"harvest, database work: apply_result_page on {len(pages)} pages of 1,000 "
             f"(median of {args.repeats})",
-            median_of(ours),
+            mid,
             n=args.rows,
             item="results",
             units=len(pages),
             unit="page",
+            target=verdict(per_page <= 5, "≤ 5 q/page, savepoints apart"),
             floor="harvest_db_floor",
             floor_max=1.5,
         ),
