@@ -367,9 +367,10 @@ class _RequestRows:
         if type(request) is not dict and not isinstance(request, Mapping):
             raise InvalidBatchRequest("each request must be a dict.", index=index)
         custom_id = self._custom_id(index, request)
-        plain = self._is_plain(request)
+        messages_plain = plain_messages(request.get("messages"))
+        plain = messages_plain and self._is_plain(request)
         if not plain:
-            self._check(custom_id, request)
+            self._check(custom_id, request, messages_plain)
 
         source = request.get("source")
         content_type_id: int | None = None
@@ -426,10 +427,10 @@ class _RequestRows:
         self.seen.add(custom_id)
         return custom_id
 
-    def _check(self, custom_id: str, request: Mapping[str, Any]) -> None:
+    def _check(self, custom_id: str, request: Mapping[str, Any], messages_plain: bool) -> None:
         """Every check of a request but its custom id's and its source's; raises
-        :class:`InvalidBatchRequest` naming the first problem."""
-        messages_plain = plain_messages(request.get("messages"))
+        :class:`InvalidBatchRequest` naming the first problem. ``messages_plain``: its
+        messages are of :func:`plain_messages`' shape."""
         check_request_values(request, custom_id, checked="messages" if messages_plain else None)
         problem = _parameter_problem(request, messages_plain) or self.strategy.check_request(
             request
@@ -438,9 +439,9 @@ class _RequestRows:
             raise InvalidBatchRequest(problem, custom_id=custom_id)
 
     def _is_plain(self, request: Mapping[str, Any]) -> bool:
-        """Whether ``request`` is of the usual shape, which :meth:`_check` would pass: a dict
-        of the :data:`PLAIN_KEYS` only, messages of :func:`plain_messages`, a float
-        ``temperature`` and an int ``max_tokens`` in range, and nothing the provider refuses.
+        """Whether ``request``, whose messages are of :func:`plain_messages`' shape, is of the
+        usual shape, which :meth:`_check` would pass: a dict of the :data:`PLAIN_KEYS` only, a
+        float ``temperature`` and an int ``max_tokens`` in range, and nothing the provider refuses.
         Answered in one short pass, where :meth:`_check` costs twice as much; ``False`` leaves
         the request to :meth:`_check`, which finds and names any problem
         (``tests/test_request_checks.py`` holds the two to the same answers)."""
@@ -456,9 +457,7 @@ class _RequestRows:
             type(max_tokens) is not int or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
         ):
             return False
-        return (
-            plain_messages(request.get("messages")) and self.strategy.check_request(request) is None
-        )
+        return self.strategy.check_request(request) is None
 
     def _encode(
         self,

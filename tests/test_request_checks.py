@@ -35,7 +35,7 @@ from raif_batches.api import (
 from raif_batches.exceptions import InvalidBatchRequest
 from raif_batches.models import ModelCompletion, ModelCompletionBatch
 from raif_batches.providers import get_strategy_class
-from raif_batches.validation import _check_each_value, check_request_values
+from raif_batches.validation import _check_each_value, check_request_values, plain_messages
 
 PROVIDERS = ("xai", "openai", "anthropic")
 MODELS = {"xai": "grok-4.3", "openai": "gpt-5-mini", "anthropic": "claude-haiku-4-5"}
@@ -167,7 +167,7 @@ class GeneralOnly(_RequestRows):
     def _is_plain(self, request: Any) -> bool:
         return False
 
-    def _check(self, custom_id: str, request: Any) -> None:
+    def _check(self, custom_id: str, request: Any, messages_plain: bool) -> None:
         _check_each_value(request, custom_id)
         check_request_values(request, custom_id)  # what remains: the stored sizes
         problem = _parameter_problem(request) or self.strategy.check_request(request)
@@ -182,7 +182,9 @@ def test_the_short_path_ends_as_the_general_checks_end(
     provider: str, request: dict[str, Any]
 ) -> None:
     strategy = get_strategy_class(provider)
-    took_short_path = _RequestRows(strategy, provider, MODELS[provider])._is_plain(request)
+    took_short_path = plain_messages(request.get("messages")) and _RequestRows(
+        strategy, provider, MODELS[provider]
+    )._is_plain(request)
     short, general = (
         outcome(functools.partial(kind(strategy, provider, MODELS[provider]).row, 0, request))
         for kind in (_RequestRows, GeneralOnly)
