@@ -146,17 +146,15 @@ def make_due(ids: list[int]) -> None:
 
 
 class Wire:
-    """The provider's calls as a hand-written script makes them: a keep-alive session, JSON
-    decoded, parsed by the provider module's own functions."""
+    """The provider's calls as a hand-written script makes them at the least cost: urllib3's
+    keep-alive pool (what ``requests`` runs on, without its per-call merging of settings),
+    JSON decoded, parsed by the provider module's own functions."""
 
     def __init__(self, provider: str, base_url: str, width: int) -> None:
-        import requests
-        from requests.adapters import HTTPAdapter
+        import urllib3
 
         self.provider, self.base_url = provider, base_url.rstrip("/")
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxy variables read again on every call
-        self.session.mount("http://", HTTPAdapter(pool_maxsize=width, pool_connections=1))
+        self.pool = urllib3.PoolManager(maxsize=width, retries=False)
         self.headers = (
             {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
             if provider == "anthropic"
@@ -166,13 +164,14 @@ class Wire:
         self.page_size = {"openai": 100, "anthropic": 1000}.get(provider, 0)
 
     def get(self, path: str, **params: Any) -> Any:
-        answer = self.session.get(self.base_url + path, params=params, headers=self.headers)
-        answer.raise_for_status()
-        return (
-            answer.json()
-            if answer.headers.get("Content-Type", "").startswith("application/json")
-            else answer.content
+        answer = self.pool.request(
+            "GET", self.base_url + path, fields=params or None, headers=self.headers
         )
+        if answer.status >= 400:
+            raise RuntimeError(f"GET {path}: HTTP {answer.status}")
+        if answer.headers.get("Content-Type", "").startswith("application/json"):
+            return json.loads(answer.data)
+        return answer.data
 
     def parse_batch(self, payload: Any) -> Any:
         from raif_batches.providers import anthropic, openai, xai
