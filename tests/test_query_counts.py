@@ -425,3 +425,39 @@ def test_a_claim_on_postgresql_is_one_statement_that_skips_rows_held_elsewhere(
         assert before + timedelta(seconds=299) < batch.claimed_until < db_now() + timedelta(300)
     assert ModelCompletionBatch.objects.get(pk=held.pk).claimed_by == ""
     assert [b.claimed_by for b in claimed] == ["w:1", "w:1"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_claim_of_many_batches_writes_no_index_entry_on_postgresql() -> None:
+    """The batch table leaves room on its pages (migration 0006), so a claim that updates
+    every row of its pages in one statement keeps each new version on its row's page: no index
+    entry is written for it (PostgreSQL's count of "HOT" updates, this transaction's own). At
+    the default fill factor the rows fill their pages as they are written, and most of the
+    claim's updates write an entry in each of the table's indexes."""
+    from raif_batches.models import BatchStatus
+
+    ModelCompletionBatch.objects.bulk_create(
+        ModelCompletionBatch(
+            name=f"lease-{n}", status=BatchStatus.IN_PROGRESS, provider_batch_id=f"pb-{n}"
+        )
+        for n in range(200)
+    )
+
+    def updates() -> tuple[int, int]:
+        with connection.cursor() as cursor:
+            table = ModelCompletionBatch._meta.db_table
+            cursor.execute(
+                "SELECT pg_stat_get_xact_tuples_updated(%s::regclass),"
+                " pg_stat_get_xact_tuples_hot_updated(%s::regclass)",
+                [table, table],
+            )
+            updated, hot = cursor.fetchone()
+        return int(updated), int(hot)
+
+    before = updates()
+    claimed = ModelCompletionBatch.objects.all().claim("w:1")
+    assert len(claimed) == 200
+    updated, hot = (now - then for now, then in zip(updates(), before, strict=True))
+    assert updated == 200
+    assert hot == 200, f"{200 - hot} of the claim's 200 updates wrote index entries"
