@@ -25,6 +25,7 @@ Two kinds of rows, for xAI, OpenAI and Anthropic:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import time
@@ -442,6 +443,72 @@ def _sequential_baseline(args: argparse.Namespace) -> list[dict[str, Any]]:
     ]
 
 
+def _lease(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """A claim and a release of every batch, as each poll takes and gives back its leases, on
+    the batch table at migration 0006's fill factor and at PostgreSQL's default (100), the
+    table rewritten (``VACUUM FULL``) for each; before every run all batches are written once
+    as a poll's bulk write does (an indexed column changes, so the rows move)."""
+    from django.db import connection
+
+    from raif_batches.clock import db_now
+    from raif_batches.models import ModelCompletionBatch
+    from raif_batches.polling import claim_batches, release_all
+
+    migration = importlib.import_module("raif_batches.migrations.0006_batch_table_fillfactor")
+    fillfactor = migration.FILLFACTOR
+    n = args.batches
+    ids = local_batches("xai", [f"lease-{number}" for number in range(n)])
+    table = connection.ops.quote_name(ModelCompletionBatch._meta.db_table)
+    runs: dict[int, list[tuple[Measure, float]]] = {}
+    try:
+        for factor in (fillfactor, 100):
+            with connection.cursor() as cursor:
+                cursor.execute(f"ALTER TABLE {table} SET (fillfactor = {factor})")
+                cursor.execute(f"VACUUM FULL {table}")
+            runs[factor] = []
+            for _ in range(max(args.repeats, 5)):
+                ModelCompletionBatch.objects.filter(pk__in=ids).update(next_poll_at=db_now())
+                make_due(ids)
+                with measure() as m, timed_statements() as sql:
+                    claimed = claim_batches(ModelCompletionBatch.objects.due_for_poll(db_now()))
+                    release_all(claimed)
+                assert len(claimed) == n, len(claimed)
+                runs[factor].append((m, sql.seconds))
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {table} SET (fillfactor = {fillfactor})")
+            cursor.execute(f"VACUUM FULL {table}")
+    (ours, ours_sql), (base, base_sql) = _median(runs[fillfactor]), _median(runs[100])
+    return [
+        row(
+            "lease",
+            f"claim + release of {n:,} batches, batch table at fill factor {fillfactor} "
+            f"(migration 0006; median of {len(runs[fillfactor])}; db {ours_sql * 1000:.0f} ms)",
+            ours,
+            n=n,
+            item="batches",
+            baselines=("lease_full_pages",),
+        ),
+        row(
+            "lease_full_pages",
+            f"baseline: the same at PostgreSQL's default fill factor, 100 "
+            f"(median of {len(runs[100])}; db {base_sql * 1000:.0f} ms)",
+            base,
+            n=n,
+            item="batches",
+            label="full pages",
+        ),
+    ]
+
+
+def _postgresql_only(
+    operation: Callable[[argparse.Namespace], list[dict[str, Any]]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    from django.db import connection
+
+    return operation(args) if connection.vendor == "postgresql" else []
+
+
 def _each(
     kind: Callable[[str, argparse.Namespace], list[dict[str, Any]]],
 ) -> Callable[[argparse.Namespace, dict[str, Any]], list[dict[str, Any]]]:
@@ -462,4 +529,5 @@ OPERATIONS = {
     "poll_baseline_sequential": lambda args, context: _sequential_baseline(args),
     "poll": _each(_poll_in_flight),
     "poll_end": _each(_poll_ending),
+    "lease": lambda args, context: _postgresql_only(_lease, args),
 }

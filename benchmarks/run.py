@@ -58,6 +58,7 @@ OPERATIONS = (
     "poll_baseline_sequential",
     "poll",
     "poll_end",
+    "lease",
     "admin",
 )
 #: ``--quick``: every operation at a tenth of the size or less, for a run of a few seconds each.
