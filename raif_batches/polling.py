@@ -327,7 +327,9 @@ def _drive(
             return
         ids = [batch.pk for batch in claimed]
         due = _harvest_due(ModelCompletionBatch.objects.awaiting_harvest(), db_now(), force)
-        _harvest_concurrently(_now_due(claimed, due), strategies, report, prefetch.futures)
+        _harvest_concurrently(
+            _now_due(claimed, due.filter(pk__in=ids)), strategies, report, prefetch.futures
+        )
     finally:
         prefetch.close()
     if report.should_stop():
@@ -353,9 +355,9 @@ def _now_due(
     the thread that stores while the readers parse."""
     fresh = {
         pk: (provider_batch_id, counts)
-        for pk, provider_batch_id, counts in due.filter(
-            pk__in=[batch.pk for batch in claimed]
-        ).values_list("pk", "provider_batch_id", "request_counts")
+        for pk, provider_batch_id, counts in due.values_list(
+            "pk", "provider_batch_id", "request_counts"
+        )
     }
     batches = []
     for batch in claimed:

@@ -82,10 +82,16 @@ def proxy() -> Iterator[_Proxy]:
         server.server_close()
 
 
-def _clear_proxy_environment(monkeypatch: Any) -> None:
+def _proxy_environment(monkeypatch: Any, proxy: _Proxy | None, *, bypass: str = "") -> None:
+    """The environment names ``proxy`` for plain HTTP (none: no proxy), and ``bypass`` as the
+    hosts it does not serve; no other proxy variable is left set."""
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
+    if proxy is not None:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    if bypass:
+        monkeypatch.setenv("NO_PROXY", bypass)
 
 
 def _batch(provider: str) -> ModelCompletionBatch:
@@ -102,8 +108,7 @@ def _batch(provider: str) -> ModelCompletionBatch:
 def test_every_call_of_a_batch_goes_through_the_proxy_the_environment_names(
     any_emulator: Any, proxy: _Proxy, monkeypatch: Any
 ) -> None:
-    _clear_proxy_environment(monkeypatch)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    _proxy_environment(monkeypatch, proxy)
     batch = run_to_end(_batch(any_emulator.provider))
     assert batch.results_stored_count == 3
     assert batch.completions.filter(status="completed").count() == 3
@@ -119,9 +124,7 @@ def test_every_call_of_a_batch_goes_through_the_proxy_the_environment_names(
 def test_a_host_the_bypass_list_names_is_called_directly(
     emulator: Any, proxy: _Proxy, monkeypatch: Any
 ) -> None:
-    _clear_proxy_environment(monkeypatch)
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    _proxy_environment(monkeypatch, proxy, bypass="127.0.0.1,localhost")
     batch = run_to_end(_batch("xai"))
     assert batch.results_stored_count == 3
     assert proxy.seen == []
@@ -132,12 +135,12 @@ def test_a_session_of_the_callers_own_reads_the_environment_at_each_call(
 ) -> None:
     """A session left to trust the environment is used as it is: it finds a proxy set after
     the client was built, as ``requests`` does."""
-    _clear_proxy_environment(monkeypatch)
+    _proxy_environment(monkeypatch, None)
     session = requests.Session()
     client = ApiClient(emulator.base_url, emulator.api_key, session=session, provider="xai")
     first = client.request("GET", "/batches", idempotent=True)
     assert proxy.seen == []
-    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_port}")
+    _proxy_environment(monkeypatch, proxy)
     second = client.request("GET", "/batches", idempotent=True)
     assert first == second
     assert [(method, urlsplit(target).path) for method, target, _ in proxy.seen] == [
