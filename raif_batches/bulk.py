@@ -36,6 +36,7 @@ import datetime
 import decimal
 import functools
 import hashlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -63,7 +64,7 @@ def update_from_values(
     *,
     key_fields: Sequence[str],
     set_fields: Sequence[str],
-    rows: Sequence[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     where: str = "",
     where_params: Sequence[Any] = (),
     using: str = "default",
@@ -73,9 +74,16 @@ def update_from_values(
     ``rows`` are keyed by field name (``"batch"`` for a foreign key, given as the related pk).
     ``where`` is extra SQL on the target table (aliased ``t``), e.g. ``t.status = %s``, which
     makes the update idempotent. Returns the number of rows changed.
+
+    ``rows`` is read once, lazily, as the statement is sent: rows made by a generator are made
+    while the server stores the ones before (on PostgreSQL, while the ``COPY`` is open: making
+    them must not use the database, see :func:`insert_rows`).
     """
-    if not rows:
+    pending = iter(rows)
+    first = next(pending, None)
+    if first is None:
         return 0
+    rows = itertools.chain((first,), pending)
     connection = connections[using]
     fields = [_concrete_field(model, name) for name in (*key_fields, *set_fields)]
     quote = connection.ops.quote_name
@@ -355,7 +363,7 @@ def _update_postgresql(
     fields: list[models.Field[Any, Any]],
     values: list[models.Field[Any, Any]],
     matches: str,
-    rows: Sequence[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     where_params: Sequence[Any],
 ) -> int:
     """``COPY`` into a temporary table, then one ``UPDATE … FROM`` it that also empties it.
@@ -461,9 +469,14 @@ def _json_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-#: Django's own fields whose preparation returns a value of this type unchanged; checked by
-#: exact class, so a subclass with its own preparation still goes through it.
+#: Django's own fields whose preparation returns a value of this type unchanged (on
+#: PostgreSQL, the one database that ``COPY`` serves); checked by exact class, so a subclass
+#: with its own preparation still goes through it.
 _UNCHANGED_BY_PREPARATION: dict[type[models.Field[Any, Any]], type] = {
+    # The keys an update is matched on: a fifth of a page's preparation, otherwise.
+    models.AutoField: int,
+    models.BigAutoField: int,
+    models.SmallAutoField: int,
     models.CharField: str,
     models.TextField: str,
     models.IntegerField: int,
@@ -484,7 +497,7 @@ def _update_values_list(
     fields: list[models.Field[Any, Any]],
     values: list[models.Field[Any, Any]],
     matches: str,
-    rows: Sequence[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     where_params: Sequence[Any],
 ) -> int:
     quote = connection.ops.quote_name
@@ -515,7 +528,7 @@ def _update_mysql(
     values: list[models.Field[Any, Any]],
     key_matches: str,
     where: str,
-    rows: Sequence[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     where_params: Sequence[Any],
 ) -> int:
     """``UPDATE … JOIN (SELECT … UNION ALL …)``: the form MySQL 8 and MariaDB both accept.

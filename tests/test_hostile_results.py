@@ -345,6 +345,30 @@ def test_a_bad_line_is_cleaned_or_failed_alone_and_the_page_is_stored(emulator: 
     assert "could not be stored" in odd.failure_reason
 
 
+def test_a_line_refused_at_the_start_of_a_big_page_fails_alone(
+    emulator: Any, settings: Any
+) -> None:
+    """The page's rows are made as the write sends them: when the database refuses the first
+    statement (statements of a few rows each, where statements are bounded by bytes), the rows
+    not made yet are still stored, row by row."""
+    settings.RAIF_BATCHES = {**settings.RAIF_BATCHES, "MAX_STATEMENT_BYTES": 20_000}
+    quick(emulator)
+    batch = submitted(600)
+    entries = [success(f"req-{i:03d}", f"Answer {i} " + "words " * 40) for i in range(600)]
+    entries[0] = success("req-000", "Odd", score=float("nan"))  # refused as JSON
+    body = json.dumps({"results": entries, "pagination_token": None}).encode()
+    emulator.add_fault(Fault("list_results", "raw", status=200, raw_body=body, times=1))
+    run("poll_batches", "--force")
+
+    batch.refresh_from_db()
+    assert batch.results_fetched_at is not None
+    odd = batch.completions.get(batch_custom_id="req-000")
+    assert odd.status == "failed" and odd.failure_error == "unstorable result"
+    stored = batch.completions.exclude(batch_custom_id="req-000")
+    assert stored.filter(status="completed").count() == 599
+    assert stored.get(batch_custom_id="req-599").raw_response.startswith("Answer 599 ")
+
+
 # --- 12. one batch's odd answer -----------------------------------------------------------------
 
 
