@@ -243,10 +243,12 @@ def _apply_locked(
     (two when successes replace errors). Returns rows changed."""
     wanted: dict[tuple[int, str], tuple[ModelCompletionBatch, ResultEntry]] = {}
     for locked, entries in pages:
+        pk = locked.pk
         for entry in entries:
-            kept = wanted.get((locked.pk, entry.custom_id))
+            key = (pk, entry.custom_id)
+            kept = wanted.get(key)
             if kept is None or (kept[1].completion is None and entry.completion is not None):
-                wanted[(locked.pk, entry.custom_id)] = (locked, entry)
+                wanted[key] = (locked, entry)
     if not wanted:
         return 0
     # The lines of these batches with these ids (a superset when batches share ids), by the
@@ -470,7 +472,7 @@ def result_row(
     if cleaned and isinstance(payload, dict):
         payload = {**payload, CLEANED_KEY: cleaned}
     row.update(
-        status=CompletionStatus.COMPLETED,
+        status=COMPLETED,
         raw_response=text,
         response_payload=payload,
         response_tool_calls=tool_calls,
@@ -814,6 +816,8 @@ TOKEN_FIELDS = (
     "cached_tokens",
 )
 PENDING = CompletionStatus.PENDING
+#: As a plain string: the bulk write passes a ``str`` as it is, and prepares an enum member.
+COMPLETED = CompletionStatus.COMPLETED.value
 
 
 def _savepoint() -> Any:
