@@ -38,6 +38,8 @@ CHROMIUM_ARGS = [
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 #: A common laptop screen; the admin's navigation sidebar is open at this width.
 WIDTH = 1440
+#: The wait for the last page's requests at the end of a test (a step waits 15 s at most).
+IDLE_TIMEOUT_MS = 60_000
 PASSWORD = "correct horse battery staple"
 XSS_ANSWER = (
     'Sure! <script>window.__xss = 1; document.title = "pwned"</script>'
@@ -82,8 +84,9 @@ def page(browser: Any, live_server: Any) -> Iterator[Any]:
     try:
         yield tab
         # Let the last page's requests finish, so no server thread still holds a database
-        # connection when the test database is dropped.
-        tab.wait_for_load_state("networkidle")
+        # connection when the test database is dropped. Given longer than a step: on a loaded
+        # machine the live server's last answers have taken over 15 s.
+        tab.wait_for_load_state("networkidle", timeout=IDLE_TIMEOUT_MS)
     finally:
         context.close()
 
@@ -293,7 +296,7 @@ def test_the_empty_progress_track_shows_in_the_dark_themes(
             assert track_colour(tab) == "rgb(75, 85, 99)", (scheme, theme)
             if scheme == "dark":
                 screenshot(tab, "admin-batch-list-dark.png")
-            tab.wait_for_load_state("networkidle")
+            tab.wait_for_load_state("networkidle", timeout=IDLE_TIMEOUT_MS)
         finally:
             context.close()
 
