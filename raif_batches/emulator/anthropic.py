@@ -58,7 +58,7 @@ from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
 from typing import Any
 
-from .base import Call, EmulatorStateBase
+from .base import Call, EmulatorStateBase, Profiles
 from .completions import ModelPrice, complete, model_matches
 from .faults import Fault
 from .server import EmulatorServer, RawAnswer, Routes, _Handler, _HTTPServer, _json
@@ -150,12 +150,13 @@ FAST_PROFILE: dict[str, Any] = {
     "cancel_finishes": 0,
     "cancel_reads": 0,
 }
-PROFILES = ("realistic", "fast")
 
 
 @dataclass
-class AnthropicEmulatorConfig:
+class AnthropicEmulatorConfig(Profiles):
     """Every knob of the Anthropic emulator; tests may change fields while it runs."""
+
+    fast_profile = FAST_PROFILE
 
     latency: float = 0.0
     seed: int = 0
@@ -190,18 +191,6 @@ class AnthropicEmulatorConfig:
     flat_errors: bool = False  # errored lines carry {"type","message"} instead of the envelope
     blank_result_lines: bool = False  # blank lines between result lines
     garbage_result_lines: int = 0  # this many non-JSON / id-less lines in the results
-
-    @classmethod
-    def fast(cls, **overrides: Any) -> AnthropicEmulatorConfig:
-        return cls(**{**FAST_PROFILE, **overrides})
-
-    @classmethod
-    def profile(cls, name: str = "realistic", **overrides: Any) -> AnthropicEmulatorConfig:
-        if name == "fast":
-            return cls.fast(**overrides)
-        if name in ("realistic", "default", "hostile"):
-            return cls(**overrides)
-        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
 
 
 @dataclass(eq=False, slots=True)

@@ -21,9 +21,9 @@ import copy
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from .faults import Fault, FaultBook
 
@@ -39,6 +39,38 @@ class Call:
     status: int  # 0 when the connection was dropped without an answer
     body_size: int
     time: float
+
+
+#: The profiles every provider's config offers (:meth:`Profiles.profile`).
+PROFILES = ("realistic", "fast")
+
+
+class Profiles:
+    """The named profiles of a provider's config dataclass: ``"realistic"`` (its defaults, the
+    provider as observed, quirks included; ``"default"`` and ``"hostile"`` name it too) and
+    ``"fast"`` (its :attr:`fast_profile` over the defaults), each with field overrides."""
+
+    #: What the fast profile changes from the defaults: no pacing, no quirks.
+    fast_profile: ClassVar[Mapping[str, Any]] = {}
+
+    @classmethod
+    def fast(cls, **overrides: Any) -> Self:
+        """For speed only: the fast profile, with ``overrides``."""
+        return cls._build({**cls.fast_profile, **overrides})
+
+    @classmethod
+    def profile(cls, name: str = "realistic", **overrides: Any) -> Self:
+        """The profile ``name`` (see :data:`PROFILES`), with ``overrides``."""
+        if name == "fast":
+            return cls.fast(**overrides)
+        if name in ("realistic", "default", "hostile"):
+            return cls._build(overrides)
+        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
+
+    @classmethod
+    def _build(cls, fields: Mapping[str, Any]) -> Self:
+        make: Callable[..., Self] = cls
+        return make(**fields)
 
 
 class StateConfig(Protocol):

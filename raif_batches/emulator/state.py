@@ -31,8 +31,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .base import PROFILES as PROFILES  # importable from here, as before
 from .base import Call as Call  # importable from here, where it was first defined
-from .base import EmulatorStateBase
+from .base import EmulatorStateBase, Profiles
 from .completions import (
     LINE_QUIRKS,
     ModelPrice,
@@ -75,7 +76,8 @@ def _default_prices() -> dict[str, ModelPrice]:
     return {"grok-4.3": batch_price, "grok-4.20-0309*": batch_price}
 
 
-#: What the fast profile changes from the default: no pacing, no quirks.
+#: What the fast profile changes from the default: instant validation, every line done at the
+#: first read, no pacing, no quirks.
 FAST_PROFILE: dict[str, Any] = {
     "validation_reads": 1,  # the create and one read see all-zero counters, the next sees it done
     "requests_per_read": None,
@@ -86,7 +88,6 @@ FAST_PROFILE: dict[str, Any] = {
     "omit_state_every": 0,
     "cancel_revert_count": 0,
 }
-PROFILES = ("realistic", "fast")
 RESULT_LAG_SHAPES = ("partial", "empty", "object")
 ERROR_SHAPES = (
     "string",  # batch_result.error: "text" (xAI's REST answer)
@@ -100,12 +101,14 @@ SUCCESS_SHAPES = ("batch_result", "response")  # batch_result.response or top-le
 
 
 @dataclass
-class EmulatorConfig:
+class EmulatorConfig(Profiles):
     """Every knob of the emulator. Tests may change fields while the server runs.
 
     The defaults play xAI as observed; :meth:`fast` (or ``profile("fast")``) is the quiet one.
     Fields after ``default_page_size`` are the hostile switches of issue 9, all off by default.
     """
+
+    fast_profile = FAST_PROFILE
 
     validation_reads: int = 2  # GETs that read all-zero counters before the file is validated
     requests_per_read: int | None = None  # lines finished per GET of the batch (see module doc)
@@ -163,20 +166,6 @@ class EmulatorConfig:
         unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
         if unknown:
             raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
-
-    @classmethod
-    def fast(cls, **overrides: Any) -> EmulatorConfig:
-        """Instant validation, every line done at the first read, no quirks: for speed only."""
-        return cls(**{**FAST_PROFILE, **overrides})
-
-    @classmethod
-    def profile(cls, name: str = "realistic", **overrides: Any) -> EmulatorConfig:
-        """``"realistic"`` (the default: xAI as observed) or ``"fast"``, with field overrides."""
-        if name == "fast":
-            return cls.fast(**overrides)
-        if name in ("realistic", "default", "hostile"):
-            return cls(**overrides)
-        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..base import Profiles
 from ..completions import (
     LINE_QUIRKS,
     ModelPrice,
@@ -88,6 +89,8 @@ def _default_prices() -> dict[str, ModelPrice]:
     }
 
 
+#: What the fast profile changes from the default: every line done at the first read after
+#: create, no pacing, no quirks.
 FAST_PROFILE: dict[str, Any] = {
     "validation_reads": 0,
     "finalizing_reads": 0,
@@ -101,14 +104,15 @@ FAST_PROFILE: dict[str, Any] = {
     "shuffle_results": False,
     "enqueued_token_limit": None,
 }
-PROFILES = ("realistic", "fast")
 
 
 @dataclass
-class OpenAIEmulatorConfig:
+class OpenAIEmulatorConfig(Profiles):
     """Every knob; tests may change fields while the server runs. The defaults play OpenAI as
     the fact sheet says; :meth:`fast` is the quiet one. Names shared with xAI's
     :class:`~raif_batches.emulator.state.EmulatorConfig` mean the same."""
+
+    fast_profile = FAST_PROFILE
 
     # A read of a batch: a GET of it, or its entry on a served list page.
     validation_reads: int = 2  # GETs of a batch that read ``validating`` before validation
@@ -148,16 +152,3 @@ class OpenAIEmulatorConfig:
         unknown = set(self.line_quirks.values()) - set(LINE_QUIRKS)
         if unknown:
             raise ValueError(f"line_quirks values must be in {LINE_QUIRKS}, not {sorted(unknown)}")
-
-    @classmethod
-    def fast(cls, **overrides: Any) -> OpenAIEmulatorConfig:
-        """Every line done at the first read after create, no quirks: for speed only."""
-        return cls(**{**FAST_PROFILE, **overrides})
-
-    @classmethod
-    def profile(cls, name: str = "realistic", **overrides: Any) -> OpenAIEmulatorConfig:
-        if name == "fast":
-            return cls.fast(**overrides)
-        if name in ("realistic", "default", "hostile"):
-            return cls(**overrides)
-        raise ValueError(f"unknown emulator profile {name!r}; expected one of {PROFILES}")
