@@ -76,8 +76,8 @@ def _default_prices() -> dict[str, ModelPrice]:
     return {"grok-4.3": batch_price, "grok-4.20-0309*": batch_price}
 
 
-#: What the fast profile changes from the default: instant validation, every line done at the
-#: first read, no pacing, no quirks.
+#: What the fast profile changes from the default: every line done at the first read after
+#: validation, no pacing, no quirks.
 FAST_PROFILE: dict[str, Any] = {
     "validation_reads": 1,  # the create and one read see all-zero counters, the next sees it done
     "requests_per_read": None,
